@@ -1,0 +1,22 @@
+"""Sample poems from a checkpoint alone.  python scripts/sample.py ckpt=<.ckpt> begin=日 n=5 temperature=0.8"""
+
+import hydra
+from omegaconf import DictConfig
+
+from tangshi import checkpoint
+from tangshi.config import plain
+from tangshi.decoding import SamplingConfig, sample
+from tangshi.errors import reported
+
+
+@hydra.main(config_path="../conf", config_name="sample", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with reported():
+        settings = SamplingConfig(**{k: v for k, v in plain(cfg).items() if k not in ("ckpt", "device")})
+        loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
+        poems = sample(loaded.model, loaded.vocab, settings)
+    print("\n".join(poems))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Hydra/OmegaConf glue: resolvers the configs use, and conversion to the plain types checkpoints need."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# One tag per process: two runs started in the same second (a sweep launched twice, two terminals) get
+# distinct run dirs, while every interpolation within one process agrees on the name.
+RUN_TAG = f"{os.getpid():x}{secrets.token_hex(2)}"
+
+
+def register_resolvers() -> None:
+    """Make ``${run_tag:}`` available; call before Hydra composes a config (scripts do it at import)."""
+    if not OmegaConf.has_resolver("run_tag"):
+        OmegaConf.register_new_resolver("run_tag", lambda: RUN_TAG)
+
+
+def plain(cfg: DictConfig | Any) -> Any:
+    """A resolved copy made of dicts, lists and scalars (a DictConfig inside a checkpoint breaks weights_only)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

@@ -1,0 +1,21 @@
+"""One error type for bad input, and the one-line report scripts give for it instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+
+class TangshiError(ValueError):
+    """Bad input from the user: a setting, a corpus, a checkpoint or a prompt. The message says what is allowed."""
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Turn a TangshiError into ``error: <message>`` on stderr and exit status 2."""
+    try:
+        yield
+    except TangshiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

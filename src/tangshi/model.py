@@ -1,0 +1,173 @@
+"""CharRNN: embedding → nn.RNN | nn.LSTM | nn.GRU → dropout → softmax head. Plain PyTorch, no Lightning.
+
+The fused recurrent modules are used on purpose: they run cuDNN kernels on a GPU and one oneDNN/ATen call
+per layer on a CPU, so the three cells differ only in their recurrence, never in how well they are coded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tangshi.errors import TangshiError
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+HEADS = ("full", "adaptive")
+IGNORE_INDEX = -100  # target value at padded positions
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+def check_config(
+    *,
+    cell: str = "lstm",
+    head: str = "full",
+    vocab_size: int = 8,
+    embed_dim: int = 1,
+    hidden_size: int = 1,
+    num_layers: int = 1,
+    dropout: float = 0.0,
+    tie_weights: bool = False,
+    **_: object,
+) -> None:
+    """Raise one clear ValueError for a model setting CharRNN cannot build (cheap: call before heavy work)."""
+    if cell not in CELLS:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
+    if head not in HEADS:
+        raise TangshiError(f"unknown model.head {head!r}; allowed: {', '.join(HEADS)}")
+    for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
+                        ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TangshiError(f"model.{name} must be a positive integer, got {value!r}")
+    if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise TangshiError(f"model.dropout must be in [0, 1), got {dropout!r}")
+    if tie_weights and head != "full":
+        raise TangshiError("model.tie_weights=true needs model.head=full")
+
+
+class CharRNN(nn.Module):
+    """A character language model whose recurrent core is chosen by ``cell``.
+
+    ``forward`` returns features for every position; ``log_probs`` turns features into next-character
+    log-probabilities and ``nll`` scores targets, so both heads (full and adaptive softmax) share one API.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        embed_dim: int = 256,
+        hidden_size: int = 512,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        tie_weights: bool = False,
+        head: str = "full",
+        adaptive_cutoffs: Sequence[int] = (1000, 3000),
+        unigram_counts: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        check_config(cell=cell, head=head, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
+                     num_layers=num_layers, dropout=dropout, tie_weights=tie_weights)
+        self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
+
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.core = CELLS[cell](
+            embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0, **extra
+        )
+        self.drop = nn.Dropout(dropout)
+        out_dim = hidden_size
+        # Tying needs features in embedding space; a projection gets them there when the sizes differ.
+        self.proj = nn.Linear(hidden_size, embed_dim) if tie_weights and hidden_size != embed_dim else None
+        if self.proj is not None:
+            out_dim = embed_dim
+        if head == "full":
+            self.decoder: nn.Module = nn.Linear(out_dim, vocab_size)
+            if tie_weights:
+                self.decoder.weight = self.embed.weight
+        else:
+            cutoffs = [c for c in adaptive_cutoffs if c < vocab_size - 1]
+            self.decoder = nn.AdaptiveLogSoftmaxWithLoss(out_dim, vocab_size, cutoffs, div_value=4.0, head_bias=True)
+        self.reset_parameters(unigram_counts)
+
+    @torch.no_grad()
+    def reset_parameters(self, unigram_counts: Sequence[int] | None = None) -> None:
+        nn.init.normal_(self.embed.weight, std=0.1)
+        if isinstance(self.core, nn.LSTM):
+            # PyTorch adds two bias vectors (b_ih + b_hh), gates ordered i, f, g, o: an effective forget bias
+            # of 1 (Gers et al. 2000; Jozefowicz et al. 2015) is 1 in one vector and 0 in the other.
+            h = self.core.hidden_size
+            for layer in range(self.core.num_layers):
+                b_ih, b_hh = getattr(self.core, f"bias_ih_l{layer}"), getattr(self.core, f"bias_hh_l{layer}")
+                b_ih.zero_()
+                b_hh.zero_()
+                b_ih[h : 2 * h].fill_(1.0)
+        if unigram_counts is not None:
+            self._init_output_bias(torch.tensor(unigram_counts, dtype=torch.float64))
+
+    def _init_output_bias(self, counts: Tensor) -> None:
+        """Start from the unigram distribution: the first steps then learn context, not character frequency."""
+        log_p = torch.log((counts + 1.0) / (counts + 1.0).sum())
+        if isinstance(self.decoder, nn.Linear):
+            self.decoder.bias.copy_(log_p)
+        else:  # adaptive: shortlist tokens, then one logit per tail cluster holding that cluster's mass
+            head = self.decoder.head
+            cut = self.decoder.shortlist_size
+            bounds = [*self.decoder.cutoffs]
+            cluster_mass = [log_p[a:b].exp().sum().log() for a, b in itertools.pairwise(bounds)]
+            head.bias.copy_(torch.cat([log_p[:cut], torch.stack(cluster_mass)]))
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the recurrent state after the last step."""
+        out, state = self.core(self.drop(self.embed(x)), state)
+        out = self.drop(out)
+        if self.proj is not None:
+            out = self.proj(out)
+        return out, state
+
+    def log_probs(self, features: Tensor) -> Tensor:
+        """Next-character log-probabilities ``(..., V)`` from features ``(..., D)``."""
+        flat = features.reshape(-1, features.shape[-1])
+        if isinstance(self.decoder, nn.Linear):
+            out = F.log_softmax(self.decoder(flat).float(), dim=-1)
+        else:
+            out = self.decoder.log_prob(flat)
+        return out.reshape(*features.shape[:-1], self.vocab_size)
+
+    def nll(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed negative log-likelihood over non-padded targets, and how many there were.
+
+        Padded positions are dropped before the output layer, so they cost nothing and cannot leak into
+        the loss whatever their features hold.
+        """
+        keep = targets != IGNORE_INDEX
+        feats, tgts = features[keep], targets[keep]
+        if isinstance(self.decoder, nn.Linear):
+            total = F.cross_entropy(self.decoder(feats).float(), tgts, reduction="sum")
+        else:
+            total = -self.decoder(feats, tgts).output.float().sum()
+        return total, keep.sum()
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts by part; ``core`` is what differs between cells at equal sizes."""
+
+        def count(m: nn.Module | None) -> int:
+            return sum(p.numel() for p in m.parameters()) if m is not None else 0
+
+        total = sum(p.numel() for p in self.parameters())  # counts a tied matrix once
+        return {
+            "core": count(self.core),
+            "embedding": count(self.embed),
+            "head": total - count(self.core) - count(self.embed),
+            "total": total,
+        }
+
+
+def bits(nats: float) -> float:
+    """Nats per character → bits per character."""
+    return nats / math.log(2)

@@ -1,0 +1,171 @@
+"""PoemLM: the LightningModule that trains a CharRNN and logs what a researcher compares cells by.
+
+Losses are means over real (non-pad) tokens, aggregated over an epoch as total NLL / total tokens, so a
+batch of short poems does not count as much as a batch of long ones. Logged: ``{train,val,test}/loss``
+(nats/char), ``/bpc`` (bits/char), ``/ppl``; ``train/grad_norm`` (before clipping), ``train/tokens_per_s``,
+the learning rate, and a few sampled poems as text after each validation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from tangshi.decoding import SamplingConfig, sample
+from tangshi.errors import TangshiError
+from tangshi.model import CharRNN
+from tangshi.vocab import Vocab
+
+CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
+CHECKPOINT_FORMAT = 1
+SCHEDULERS = ("constant", "cosine")
+
+
+def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True) -> CharRNN:
+    return CharRNN(len(vocab), unigram_counts=vocab.counts if init_bias else None, **model_cfg)
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` of the peak at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class PoemLM(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        vocab: dict[str, Any],
+        samples: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        # Plain containers only: a DictConfig in a checkpoint fails torch's weights_only load. The
+        # vocabulary is large, so it is kept out of hparams.yaml and stored by on_save_checkpoint instead.
+        self.save_hyperparameters(ignore=["vocab"])
+        if optim.get("scheduler", "cosine") not in SCHEDULERS:
+            raise TangshiError(f"unknown optim.scheduler {optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+        self.vocab = Vocab.from_dict(vocab)
+        self.model = build_model(model, self.vocab)
+        self.sample_cfg = SamplingConfig(**(samples or {"n": 4}))
+        self.metrics = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self._clock: float | None = None
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+        self.timed_tokens = 0
+        self._clock_tokens = 0
+
+    # -- steps ------------------------------------------------------------------------------------------
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        feats, _ = self.model(batch["inputs"])
+        total, count = self.model.nll(feats, batch["targets"])
+        return total / count, count
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, count = self._step(batch)
+        n = int(count)
+        self.tokens_seen += n
+        # The time from one step's start to the next is the previous step's work: credit it with the previous
+        # step's tokens. The clock restarts after every validation, so throughput counts training only.
+        now = time.perf_counter()
+        if self._clock is not None:
+            dt = now - self._clock
+            self.train_seconds += dt
+            self.timed_tokens += self._clock_tokens
+            self.log("train/tokens_per_s", self._clock_tokens * self.trainer.world_size / dt, on_step=True)
+        self._clock, self._clock_tokens = now, n
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
+        self.log("train/bpc", loss / math.log(2), on_step=True, batch_size=n)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)  # type: ignore[union-attr]
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._clock = None
+
+    def on_validation_start(self) -> None:
+        self._clock = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called before Lightning clips, so this is the raw norm: spikes here are exploding gradients.
+        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True)
+
+    def _eval_step(self, split: str, batch: dict[str, Tensor]) -> None:
+        loss, count = self._step(batch)
+        metric = self.metrics[split]
+        metric.update(loss, weight=count)  # token-weighted mean over the epoch
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_eval(self, split: str) -> float:
+        loss = self.metrics[split].compute()  # synchronised across ranks by torchmetrics
+        self.metrics[split].reset()
+        self.log(f"{split}/loss", loss, prog_bar=split == "val")
+        self.log(f"{split}/bpc", loss / math.log(2), prog_bar=split == "val")
+        self.log(f"{split}/ppl", torch.exp(loss))
+        return float(loss)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.logger is None:
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            poems = sample(self.model, self.vocab, self.sample_cfg)
+            # Markdown: two trailing spaces keep one poem per line in TensorBoard's text view.
+            experiment.add_text("samples", "  \n".join(poems), self.global_step)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    # -- optimisation -----------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        o = self.hparams.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # Weight decay on matrices only: biases and embeddings (rows of rare characters) keep their scale.
+            (decay if p.ndim >= 2 and not name.startswith("embed") else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"],
+            betas=tuple(o.get("betas", (0.9, 0.999))),
+        )
+        if o.get("scheduler", "cosine") == "constant":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = min(int(o.get("warmup_steps", 0)), max(1, total // 10)) or 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, warmup, total, float(o.get("min_lr_ratio", 0.1)))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "vocab": self.vocab.to_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("vocab")
+        if saved is None:
+            raise TangshiError("checkpoint has no tangshi vocabulary; it was not written by tangshi")
+        theirs = Vocab.from_dict(saved)
+        if theirs.fingerprint != self.vocab.fingerprint:
+            raise TangshiError(
+                f"checkpoint vocabulary ({len(theirs)} tokens, {theirs.fingerprint}) differs from the data's "
+                f"({len(self.vocab)} tokens, {self.vocab.fingerprint}): resume with the data settings it was trained on"
+            )

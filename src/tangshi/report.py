@@ -1,0 +1,30 @@
+"""What a finished run tells its user: run dir, bits per character, sample poems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_run_summary(summary: dict[str, Any]) -> str:
+    lines = [f"run dir:  {summary['run_dir']}", f"status:   {summary['status']}"]
+    if "best_val_bpc" in summary:
+        nan = float("nan")
+        lines.append(
+            f"val bpc:  {summary['best_val_bpc']:.3f} (best, step {summary.get('best_step', '?')}); "
+            f"test bpc {summary.get('test_bpc', nan):.3f}, test ppl {summary.get('test_ppl', nan):.1f}"
+        )
+    if summary.get("params"):
+        p = summary["params"]
+        lines.append(f"params:   {p['total']:,} total, {p['core']:,} in the {summary['cell']} core")
+    if summary.get("tokens_per_s"):
+        lines.append(
+            f"speed:    {summary['tokens_per_s']:,.0f} tokens/s over {summary['steps']} steps; "
+            f"wall time {summary['wall_time_s'] / 60:.1f} min"
+        )
+    if summary.get("samples"):
+        lines += ["samples:", *(f"  {p}" for p in summary["samples"])]
+    return "\n".join(lines)
+
+
+def print_run_summary(summary: dict[str, Any]) -> None:
+    print(format_run_summary(summary), flush=True)

@@ -1,0 +1,94 @@
+"""Run one training job from a composed config: data → model → Trainer.fit → test → metrics.json → samples.
+
+``scripts/train.py`` is a thin Hydra wrapper around :func:`train`; tests call it with composed configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from tangshi import checkpoint
+from tangshi.atomic import write_json, write_text
+from tangshi.config import plain
+from tangshi.datamodule import PoemDataModule
+from tangshi.decoding import SamplingConfig, sample
+from tangshi.model import bits, check_config
+from tangshi.module import PoemLM
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, test and sample per ``cfg``; returns (and writes to ``<run dir>/metrics.json``) the summary."""
+    run_dir = Path(cfg.paths.output_dir)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
+    metrics_path = run_dir / "metrics.json"
+    # Settings errors surface here, in one line, before any data is read.
+    check_config(**plain(cfg.model))
+    datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
+    SamplingConfig(**plain(cfg.samples))
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+
+    L.seed_everything(cfg.seed, workers=True)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
+        callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values()],
+    )
+    if trainer.is_global_zero:
+        write_json(metrics_path, summary)
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module = PoemLM(
+            model=plain(cfg.model), optim=plain(cfg.optim), vocab=datamodule.vocab.to_dict(), samples=plain(cfg.samples)
+        )
+        summary["params"] = module.model.param_counts()
+        summary["vocab_size"] = len(datamodule.vocab)
+        summary["data"] = datamodule.prepared.meta["counts"]  # type: ignore[union-attr]
+        log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
+
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
+        summary.update(
+            steps=trainer.global_step,
+            epochs=trainer.current_epoch,
+            tokens_seen=module.tokens_seen,
+            tokens_per_s=module.timed_tokens / module.train_seconds if module.train_seconds else None,
+            train_time_s=module.train_seconds,
+        )
+        if best:
+            score = float(ckpt_cb.best_model_score)  # type: ignore[union-attr, arg-type]
+            summary.update(best_checkpoint=best, best_val_loss=score, best_val_bpc=bits(score))
+            summary["last_checkpoint"] = str(Path(best).with_name("last.ckpt"))
+        if cfg.get("test_after_fit", True):
+            result = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+            test = result[0] if result else {}
+            summary.update({f"test_{k.split('/')[1]}": float(v) for k, v in test.items() if k.startswith("test/")})
+        if best and cfg.get("final_samples", 0) and trainer.is_global_zero:
+            loaded = checkpoint.load(best)
+            summary["best_step"] = loaded.step
+            final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
+            summary["samples"] = sample(loaded.model, loaded.vocab, final)
+            write_text(run_dir / "samples.txt", "".join(p + "\n" for p in summary["samples"]))
+        summary["status"] = "completed"
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        summary["wall_time_s"] = time.perf_counter() - started
+        if trainer.is_global_zero:
+            write_json(metrics_path, summary)
+    return summary
