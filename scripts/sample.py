@@ -1,10 +1,12 @@
 """Sample poems from a checkpoint alone.  python scripts/sample.py ckpt=<.ckpt> begin=日 n=5 temperature=0.8"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from tangshi import checkpoint
-from tangshi.config import plain
+from tangshi.config import plain, quote_non_ascii
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import reported
 
@@ -19,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_non_ascii(sys.argv)
     main()

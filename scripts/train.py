@@ -1,6 +1,7 @@
 """Train a Tang poem language model.  python scripts/train.py [model.cell=rnn|lstm|gru] [hydra overrides]"""
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TANGSHI_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -8,7 +9,7 @@ os.environ.setdefault("TANGSHI_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra
 from omegaconf import DictConfig
 
-from tangshi.config import register_resolvers
+from tangshi.config import quote_non_ascii, register_resolvers
 from tangshi.errors import reported
 from tangshi.report import print_run_summary
 from tangshi.train import train
@@ -25,4 +26,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_non_ascii(sys.argv)
     main()

@@ -22,3 +22,18 @@ def register_resolvers() -> None:
 def plain(cfg: DictConfig | Any) -> Any:
     """A resolved copy made of dicts, lists and scalars (a DictConfig inside a checkpoint breaks weights_only)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def quote_non_ascii(argv: list[str]) -> list[str]:
+    """Quote override values that hold non-ASCII text, which Hydra's grammar rejects unquoted.
+
+    ``begin=日`` becomes ``begin='日'`` and ``data.path=/data/全唐诗`` likewise; a comma-separated sweep
+    (``begin=春,秋``) has each choice quoted, so it stays a sweep.
+    """
+    out = argv[:1]
+    for arg in argv[1:]:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and not value.isascii() and value[:1] not in "'\"[{":
+            value = ",".join("'" + v.replace("'", "\\'") + "'" for v in value.split(","))
+        out.append(key + sep + value)
+    return out

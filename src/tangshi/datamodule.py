@@ -192,4 +192,3 @@ class PoemDataModule(L.LightningDataModule):
     def tokens(self, split: str) -> int:
         """Prediction targets in a split: every character plus ``<eos>``, per poem."""
         return sum(n - 1 for n in self.datasets[split].lengths)
-

@@ -74,7 +74,7 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
         done = torch.zeros(cfg.n, dtype=torch.bool, device=device)
         banned = torch.zeros(len(vocab), dtype=torch.bool, device=device)
         banned[[i for i, s in enumerate(SPECIALS) if i != EOS_ID]] = True  # never emit <pad>, <bos>, <unk>
-        for _ in range(cfg.max_len - len(prompt) + 1):  # + 1: the step that may emit <eos>
+        for _ in range(cfg.max_len - len(prompt)):  # a poem still open at max_len is cut there
             logits = model.log_probs(feats[:, -1]).masked_fill(banned, float("-inf"))
             if cfg.temperature == 0:
                 nxt = logits.argmax(-1)

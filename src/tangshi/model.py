@@ -40,8 +40,12 @@ def check_config(
         raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
     if head not in HEADS:
         raise TangshiError(f"unknown model.head {head!r}; allowed: {', '.join(HEADS)}")
-    for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
-                        ("hidden_size", hidden_size), ("num_layers", num_layers)):
+    for name, value in (
+        ("vocab_size", vocab_size),
+        ("embed_dim", embed_dim),
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TangshiError(f"model.{name} must be a positive integer, got {value!r}")
     if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
@@ -71,8 +75,16 @@ class CharRNN(nn.Module):
         unigram_counts: Sequence[int] | None = None,
     ):
         super().__init__()
-        check_config(cell=cell, head=head, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
-                     num_layers=num_layers, dropout=dropout, tie_weights=tie_weights)
+        check_config(
+            cell=cell,
+            head=head,
+            vocab_size=vocab_size,
+            embed_dim=embed_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            tie_weights=tie_weights,
+        )
         self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
 
         self.embed = nn.Embedding(vocab_size, embed_dim)

@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
-        callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values()],
+        callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],
     )
     if trainer.is_global_zero:
         write_json(metrics_path, summary)

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from tangshi.errors import TangshiError
+from tangshi.model import CELLS, IGNORE_INDEX, CharRNN
+
+V = 50
+
+
+def _batch(b=3, t=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(4, V, (b, t), generator=g)
+    y = torch.randint(4, V, (b, t), generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_each_cell_runs_forward_and_backward(cell, head):
+    torch.manual_seed(0)
+    m = CharRNN(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=2, head=head, adaptive_cutoffs=[10, 30])
+    assert isinstance(m.core, CELLS[cell])
+    x, y = _batch()
+    feats, _ = m(x)
+    assert feats.shape == (3, 9, 24)
+    logp = m.log_probs(feats)
+    assert logp.shape == (3, 9, V)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(3, 9), atol=1e-4)
+    total, n = m.nll(feats, y)
+    assert int(n) == 27
+    # nll agrees with the explicit distribution, for both heads
+    assert torch.allclose(total, -logp.gather(-1, y[..., None]).sum(), rtol=1e-4)
+    total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_padding_content_cannot_change_the_loss(cell):
+    torch.manual_seed(0)
+    m = CharRNN(V, cell=cell, embed_dim=8, hidden_size=8, num_layers=1).eval()
+    x, y = _batch(b=2, t=10)
+    y[1, 6:] = IGNORE_INDEX  # the second sequence ends at position 6; the rest is padding
+    x2 = x.clone()
+    x2[1, 6:] = torch.randint(0, V, (4,))  # anything in the padded input positions
+    a, na = m.nll(m(x)[0], y)
+    b, nb = m.nll(m(x2)[0], y)
+    assert int(na) == int(nb) == 16
+    assert torch.equal(a, b)
+
+
+def test_lstm_forget_gate_bias_is_effectively_one():
+    m = CharRNN(V, cell="lstm", embed_dim=8, hidden_size=6, num_layers=2)
+    for layer in range(2):
+        total = getattr(m.core, f"bias_ih_l{layer}") + getattr(m.core, f"bias_hh_l{layer}")
+        assert torch.equal(total[6:12], torch.ones(6))  # gates i, f, g, o: f is the second block
+        assert torch.equal(total[:6], torch.zeros(6))
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_output_starts_at_the_unigram_distribution(head):
+    counts = [0, 0, 100] + [1000 // (i + 1) for i in range(V - 3)]
+    m = CharRNN(V, embed_dim=8, hidden_size=32, head=head, adaptive_cutoffs=[10, 30], unigram_counts=counts)
+    with torch.no_grad():
+        m.decoder.weight.zero_() if head == "full" else m.decoder.head.weight.zero_()
+        if head == "adaptive":
+            for tail in m.decoder.tail:
+                tail[1].weight.zero_()  # uniform within each cluster
+        logp = m.log_probs(torch.zeros(1, 32))[0]
+    c = torch.tensor(counts, dtype=torch.float64) + 1
+    target = (c / c.sum()).log()
+    if head == "full":
+        assert torch.allclose(logp.double(), target, atol=1e-5)
+    else:  # shortlist exact; each tail cluster holds the right total mass
+        assert torch.allclose(logp[:10].double(), target[:10], atol=1e-5)
+        assert math.isclose(logp[10:30].exp().sum().item(), target[10:30].exp().sum().item(), rel_tol=1e-4)
+
+
+def test_weight_tying_shares_the_matrix_through_a_projection():
+    m = CharRNN(V, embed_dim=8, hidden_size=16, tie_weights=True)
+    assert m.decoder.weight is m.embed.weight
+    assert m.param_counts()["total"] == sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cell": "transformer"}, "unknown model.cell 'transformer'; allowed: rnn, lstm, gru"),
+        ({"hidden_size": 0}, "model.hidden_size must be a positive integer, got 0"),
+        ({"num_layers": -1}, "model.num_layers must be a positive integer"),
+        ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
+        ({"head": "hierarchical"}, "unknown model.head"),
+        ({"head": "adaptive", "tie_weights": True}, "tie_weights=true needs model.head=full"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(kwargs, message):
+    with pytest.raises(TangshiError, match=message):
+        CharRNN(V, **kwargs)

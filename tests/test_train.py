@@ -1,0 +1,174 @@
+"""End to end through the real configs, the real Trainer and the real scripts, on the poem fixture."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tangshi import checkpoint
+from tangshi.checkpoint import CheckpointError
+from tangshi.config import plain
+from tangshi.datamodule import PoemDataModule
+from tangshi.module import PoemLM
+from tangshi.train import train
+
+from .conftest import ROOT, TINY, run_script
+
+
+def _initial_val_loss(cfg) -> float:
+    """Validation loss of the freshly initialised model, built as train() builds it."""
+    dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    L.seed_everything(cfg.seed)
+    module = PoemLM(plain(cfg.model), plain(cfg.optim), dm.vocab.to_dict())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/loss"]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
+    cfg = compose_train(f"model.cell={cell}")
+    before = _initial_val_loss(cfg)
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+
+    assert summary["status"] == "completed" and summary["cell"] == cell
+    assert summary["best_val_loss"] < before - 0.15, (before, summary["best_val_loss"])
+    assert summary["steps"] == 40
+    on_disk = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    for key in (
+        "best_val_loss",
+        "best_val_bpc",
+        "test_loss",
+        "test_bpc",
+        "test_ppl",
+        "params",
+        "tokens_per_s",
+        "wall_time_s",
+        "steps",
+        "epochs",
+        "cell",
+        "seed",
+    ):
+        assert on_disk[key] == summary[key], key
+    assert abs(on_disk["test_ppl"] - torch.exp(torch.tensor(on_disk["test_loss"])).item()) < 1e-3 * on_disk["test_ppl"]
+    assert on_disk["params"]["core"] < on_disk["params"]["total"]
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert len(summary["samples"]) == 3 and (run / "samples.txt").exists()
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/bpc",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "val/loss",
+        "val/bpc",
+        "val/ppl",
+        "test/loss",
+        "test/bpc",
+        "test/ppl",
+    } <= tags
+    assert "samples/text_summary" in events.Tags()["tensors"]
+
+
+def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
+    first = train(compose_train())
+    last = Path(first["last_checkpoint"])
+    assert torch.load(last, weights_only=True)["global_step"] == 40
+    resumed = train(compose_train("trainer.max_steps=60", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'r2'}"))
+    assert resumed["steps"] == 60
+    assert torch.load(tmp_path / "r2" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+
+
+def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
+    first = train(compose_train())
+    with pytest.raises(ValueError, match=r"checkpoint vocabulary .* differs from the data's"):
+        train(
+            compose_train(
+                "data.min_freq=2", f"ckpt_path={first['last_checkpoint']}", f"paths.output_dir={tmp_path / 'r2'}"
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer=cpu"],
+        ["trainer=gpu"],
+        ["trainer=ddp"],
+        ["trainer=ddp_cpu"],
+        ["data=regular"],
+        ["model.cell=gru", "model.head=full", "model.tie_weights=true"],
+    ],
+)
+def test_every_config_group_composes(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+        assert cfg.trainer.use_distributed_sampler is False
+        assert OmegaConf.to_container(cfg.logger)["save_dir"] == "${paths.output_dir}"
+        assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+        sample_cfg = compose("sample", overrides=["ckpt=x.ckpt"])
+        assert sample_cfg.ckpt == "x.ckpt"
+    if overrides == ["data=regular"]:
+        assert list(cfg.data.forms) == ["wuyan_jueju", "qiyan_jueju", "wuyan_lvshi", "qiyan_lvshi"]
+        assert cfg.data.batch_size == 64  # inherited from data/tang
+
+
+def test_scripts_train_then_sample_in_fresh_processes(tmp_path):
+    """The user's path: scripts/train.py writes a run dir; scripts/sample.py needs only the checkpoint."""
+    overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    proc = run_script("train.py", *overrides, "trainer.max_steps=20", "model.cell=gru", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.split("_")[2] == "gru"
+    assert {p.name for p in runs[0].iterdir()} >= {".hydra", "tensorboard", "checkpoints", "metrics.json"}
+    assert "val bpc:" in proc.stdout and "samples:" in proc.stdout
+    ckpt = runs[0] / "checkpoints" / "best.ckpt"
+
+    # from a folder with no corpus, no configs of the run: the checkpoint alone
+    loaded = checkpoint.load(ckpt)
+    begin = loaded.vocab.itos[10]
+    args = [f"ckpt={ckpt}", f"begin={begin}", "n=5", "temperature=0.8", "top_k=0", "seed=0"]
+    out = run_script("sample.py", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    poems = out.stdout.strip().splitlines()
+    assert len(poems) == 5 and all(p.startswith(begin) for p in poems)
+    assert poems == run_script("sample.py", *args, cwd=tmp_path).stdout.strip().splitlines()
+    assert not (tmp_path / "outputs" / "sample").exists() and not (tmp_path / ".hydra").exists()
+
+
+def test_sample_errors_are_one_line(tmp_path, compose_train):
+    missing = run_script("sample.py", f"ckpt={tmp_path / 'nope.ckpt'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist"
+
+    summary = train(compose_train())
+    bad_begin = run_script("sample.py", f"ckpt={summary['best_checkpoint']}", "begin=龘")
+    assert bad_begin.returncode == 2
+    assert bad_begin.stderr.strip().startswith("error: begin character '龘' is not in the model's vocabulary")
+
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(Path(summary["best_checkpoint"]).read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=f"checkpoint {corrupt} is corrupt, truncated or not a PyTorch file"):
+        checkpoint.load(corrupt)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="is not a tangshi checkpoint"):
+        checkpoint.load(foreign)
+
+
+def test_unknown_cell_fails_at_start_with_the_allowed_values(tmp_path):
+    proc = run_script("train.py", "model.cell=transformer", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: unknown model.cell 'transformer'; allowed: rnn, lstm, gru"
+    assert not (tmp_path / "data").exists()  # failed before touching the corpus
