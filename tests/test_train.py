@@ -1,6 +1,7 @@
 """End to end through the real configs, the real Trainer and the real scripts, on the poem fixture."""
 
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -172,3 +173,12 @@ def test_unknown_cell_fails_at_start_with_the_allowed_values(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: unknown model.cell 'transformer'; allowed: rnn, lstm, gru"
     assert not (tmp_path / "data").exists()  # failed before touching the corpus
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_bf16_mixed_precision_trains_both_heads(compose_train, head):
+    """The autocast code path of trainer=gpu, on the CPU: rnn, as oneDNN here has no bf16 LSTM/GRU primitive."""
+    summary = train(
+        compose_train("model.cell=rnn", f"model.head={head}", "trainer.precision=bf16-mixed", "trainer.max_steps=20")
+    )
+    assert summary["status"] == "completed" and math.isfinite(summary["best_val_loss"])

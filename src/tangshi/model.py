@@ -148,7 +148,8 @@ class CharRNN(nn.Module):
         if isinstance(self.decoder, nn.Linear):
             out = F.log_softmax(self.decoder(flat).float(), dim=-1)
         else:
-            out = self.decoder.log_prob(flat)
+            with _float32(flat):
+                out = self.decoder.log_prob(flat.float())
         return out.reshape(*features.shape[:-1], self.vocab_size)
 
     def nll(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,7 +163,8 @@ class CharRNN(nn.Module):
         if isinstance(self.decoder, nn.Linear):
             total = F.cross_entropy(self.decoder(feats).float(), tgts, reduction="sum")
         else:
-            total = -self.decoder(feats, tgts).output.float().sum()
+            with _float32(feats):
+                total = -self.decoder(feats.float(), tgts).output.sum()
         return total, keep.sum()
 
     def param_counts(self) -> dict[str, int]:
@@ -178,6 +180,12 @@ class CharRNN(nn.Module):
             "head": total - count(self.core) - count(self.embed),
             "total": total,
         }
+
+
+def _float32(t: Tensor) -> torch.autocast:
+    """Autocast off: nn.AdaptiveLogSoftmaxWithLoss writes log-softmaxes (float32 under CUDA autocast, bf16
+    under CPU autocast) into buffers of its input's dtype and fails on the mismatch, so it runs in float32."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def bits(nats: float) -> float:
