@@ -60,6 +60,7 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         assert on_disk[key] == summary[key], key
     assert abs(on_disk["test_ppl"] - torch.exp(torch.tensor(on_disk["test_loss"])).item()) < 1e-3 * on_disk["test_ppl"]
     assert on_disk["params"]["core"] < on_disk["params"]["total"]
+    assert 0 < on_disk["startup_s"] < on_disk["wall_time_s"]
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert len(summary["samples"]) == 3 and (run / "samples.txt").exists()
 
@@ -77,6 +78,8 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         "test/loss",
         "test/bpc",
         "test/ppl",
+        "params/core",
+        "params/total",
     } <= tags
     assert "samples/text_summary" in events.Tags()["tensors"]
 
@@ -108,6 +111,7 @@ def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
         ["trainer=ddp"],
         ["trainer=ddp_cpu"],
         ["data=regular"],
+        ["experiment=quick"],
         ["model.cell=gru", "model.head=full", "model.tie_weights=true"],
     ],
 )
@@ -120,7 +124,7 @@ def test_every_config_group_composes(overrides):
         assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
         sample_cfg = compose("sample", overrides=["ckpt=x.ckpt"])
         assert sample_cfg.ckpt == "x.ckpt"
-    if overrides == ["data=regular"]:
+    if overrides in (["data=regular"], ["experiment=quick"]):
         assert list(cfg.data.forms) == ["wuyan_jueju", "qiyan_jueju", "wuyan_lvshi", "qiyan_lvshi"]
         assert cfg.data.batch_size == 64  # inherited from data/tang
 

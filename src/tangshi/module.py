@@ -59,9 +59,15 @@ class PoemLM(L.LightningModule):
         self.metrics = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._clock: float | None = None
         self.tokens_seen = 0
+        self.first_step_at: float | None = None  # wall clock, for start-up time
         self.train_seconds = 0.0
         self.timed_tokens = 0
         self._clock_tokens = 0
+
+    def on_fit_start(self) -> None:
+        # Parameter counts as scalars, so TensorBoard and reports can set cells side by side at equal budgets.
+        if self.logger is not None:
+            self.logger.log_metrics({f"params/{k}": float(v) for k, v in self.model.param_counts().items()}, step=0)
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -83,6 +89,8 @@ class PoemLM(L.LightningModule):
             self.timed_tokens += self._clock_tokens
             self.log("train/tokens_per_s", self._clock_tokens * self.trainer.world_size / dt, on_step=True)
         self._clock, self._clock_tokens = now, n
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
         self.log("train/bpc", loss / math.log(2), on_step=True, batch_size=n)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)  # type: ignore[union-attr]

@@ -19,7 +19,8 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     if summary.get("tokens_per_s"):
         lines.append(
             f"speed:    {summary['tokens_per_s']:,.0f} tokens/s over {summary['steps']} steps; "
-            f"wall time {summary['wall_time_s'] / 60:.1f} min"
+            f"wall time {summary['wall_time_s'] / 60:.1f} min; first step {summary.get('startup_s') or 0:.1f} s "
+            "after start"
         )
     if summary.get("samples"):
         lines += ["samples:", *(f"  {p}" for p in summary["samples"])]

@@ -27,10 +27,14 @@ from tangshi.module import PoemLM
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test and sample per ``cfg``; returns (and writes to ``<run dir>/metrics.json``) the summary."""
+def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]:
+    """Train, test and sample per ``cfg``; returns (and writes to ``<run dir>/metrics.json``) the summary.
+
+    ``process_start`` (``time.time()`` when the calling script began) lets ``startup_s`` include imports.
+    """
     run_dir = Path(cfg.paths.output_dir)
     started = time.perf_counter()
+    process_start = process_start or time.time()
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
     # Settings errors surface here, in one line, before any data is read.
@@ -64,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
         summary.update(
             steps=trainer.global_step,
+            startup_s=module.first_step_at - process_start if module.first_step_at else None,
             epochs=trainer.current_epoch,
             tokens_seen=module.tokens_seen,
             tokens_per_s=module.timed_tokens / module.train_seconds if module.train_seconds else None,
