@@ -176,7 +176,8 @@ class PoemDataModule(L.LightningDataModule):
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # pinned pages let Lightning's non-blocking host-to-GPU copies overlap with compute
+            pin_memory=self.pin_memory or (trainer is not None and trainer.strategy.root_device.type == "cuda"),
             persistent_workers=self.num_workers > 0,
         )
 

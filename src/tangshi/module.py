@@ -119,13 +119,12 @@ class PoemLM(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _log_eval(self, split: str) -> float:
+    def _log_eval(self, split: str) -> None:
         loss = self.metrics[split].compute()  # synchronised across ranks by torchmetrics
         self.metrics[split].reset()
         self.log(f"{split}/loss", loss, prog_bar=split == "val")
         self.log(f"{split}/bpc", loss / math.log(2), prog_bar=split == "val")
         self.log(f"{split}/ppl", torch.exp(loss))
-        return float(loss)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

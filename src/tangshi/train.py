@@ -71,7 +71,10 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             startup_s=module.first_step_at - process_start if module.first_step_at else None,
             epochs=trainer.current_epoch,
             tokens_seen=module.tokens_seen,
-            tokens_per_s=module.timed_tokens / module.train_seconds if module.train_seconds else None,
+            # every rank trains on as many batches; this rank's tokens stand for each rank's
+            tokens_per_s=module.timed_tokens * trainer.world_size / module.train_seconds
+            if module.train_seconds
+            else None,
             train_time_s=module.train_seconds,
         )
         if best:
