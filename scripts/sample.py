@@ -1,4 +1,4 @@
-"""Sample poems from a checkpoint alone.  python scripts/sample.py ckpt=<.ckpt> begin=日 n=5 temperature=0.8"""
+"""Sample poems from a checkpoint alone.  python scripts/sample.py ckpt=<.ckpt> begin=日 n=5 form=wuyan_jueju"""
 
 import sys
 
@@ -8,16 +8,19 @@ from omegaconf import DictConfig
 from tangshi import checkpoint
 from tangshi.config import plain, quote_non_ascii
 from tangshi.decoding import SamplingConfig, sample
-from tangshi.errors import reported
+from tangshi.errors import TangshiError, reported
+from tangshi.report import format_samples
 
 
 @hydra.main(config_path="../conf", config_name="sample", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported():
-        settings = SamplingConfig(**{k: v for k, v in plain(cfg).items() if k not in ("ckpt", "device")})
+        if cfg.format not in ("text", "json"):
+            raise TangshiError(f"unknown format {cfg.format!r}; allowed: text, json")
+        settings = SamplingConfig(**{k: v for k, v in plain(cfg).items() if k not in ("ckpt", "device", "format")})
         loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
         poems = sample(loaded.model, loaded.vocab, settings)
-    print("\n".join(poems))
+    print(format_samples(poems, settings, cfg.format, checkpoint=str(cfg.ckpt)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ TINY = [
     "optim.warmup_steps=5",
     "final_samples=3",
     "samples.n=2",
+    "poetics_samples=8",
 ]
 
 
@@ -53,23 +54,37 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, corpus_config: CorpusConf
     return prepare(corpus_config, tmp_path_factory.mktemp("data"))
 
 
+def compose_tiny(root: Path, *overrides: str) -> DictConfig:
+    """Compose conf/train.yaml as Hydra would, with TINY and the given overrides, writing under ``root``."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(
+            "train", overrides=[*TINY, f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}", *overrides]
+        )
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml as Hydra would, with TINY and the given overrides, writing under tmp_path."""
+    return lambda *overrides: compose_tiny(tmp_path, *overrides)
 
-    def _compose(*overrides: str, name: str = "train") -> DictConfig:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-            return compose(
-                name,
-                overrides=[
-                    *TINY,
-                    f"paths.root_dir={tmp_path}",
-                    f"paths.output_dir={tmp_path / 'run'}",
-                    *overrides,
-                ],
-            )
 
-    return _compose
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GRU trained for 120 steps on the fixture: enough to write poem-like text for decoding tests."""
+    from tangshi.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    summary = train(
+        compose_tiny(
+            root,
+            "model.cell=gru",
+            "model.hidden_size=96",
+            "trainer.max_steps=120",
+            "trainer.val_check_interval=60",
+            "test_after_fit=false",
+            "final_samples=0",
+        )
+    )
+    return Path(summary["best_checkpoint"])
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -80,6 +80,9 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         "test/ppl",
         "params/core",
         "params/total",
+        "poetics/well_formed",
+        "poetics/rhyme",
+        "poetics/distinct_2",
     } <= tags
     assert "samples/text_summary" in events.Tags()["tensors"]
 

@@ -1,12 +1,16 @@
-"""Batched sampling of poems from a CharRNN: temperature, top-k, top-p (nucleus), and a given beginning.
+"""Batched decoding of poems from a CharRNN: sampling (temperature, top-k, top-p) or beam search, with a
+repetition penalty, a given beginning, acrostics (藏头诗), and logit masks that enforce a regular form,
+平水韵 rhyme and steer 平仄.
 
-All poems of a call advance together, one batched step per character, so n poems cost little more than one.
-A private ``torch.Generator`` makes results reproducible under ``seed`` without touching the global RNG
-(sampling during training must not change the training run).
+All poems of a call advance together, one batched step per character. A private ``torch.Generator`` makes
+results reproducible under ``seed`` without touching the global RNG (sampling during training must not
+change the training run). Constraints act on the log-probabilities before sampling: a masked token has
+probability zero, so a constrained poem is well-formed by construction, not by luck.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,18 +18,28 @@ from torch import Tensor
 
 from tangshi.errors import TangshiError
 from tangshi.model import CharRNN
+from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, key_positions, phonology
 from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
+
+COMMA, STOP = "，", "。"
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     n: int = 5
     begin: str = ""
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0: greedy
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0  # 1.0: no limit
     max_len: int = 128  # characters, beginning included
     seed: int | None = 0
+    repetition_penalty: float = 1.0  # > 1 makes characters already in the poem less likely
+    beam: int = 0  # 0: sample; k >= 1: beam search keeping max(k, n) beams, returning the n best
+    form: str | None = None  # wuyan_jueju | qiyan_jueju | wuyan_lvshi | qiyan_lvshi
+    acrostic: str = ""  # line i starts with the i-th character
+    rhyme: bool = False  # even lines end in one 平水韵 level-tone category (needs form)
+    tone: bool = False  # steer positions 2/4/6 toward a regular 平仄 pattern (needs form)
+    tone_bias: float = 2.0  # nats added against the wrong tone when tone=true
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -36,8 +50,41 @@ class SamplingConfig:
             raise TangshiError(f"top_k must be >= 0 (0 means no limit), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise TangshiError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty < 1:
+            raise TangshiError(f"repetition_penalty must be >= 1 (1 means none), got {self.repetition_penalty}")
+        if self.beam < 0:
+            raise TangshiError(f"beam must be >= 0 (0 means sampling), got {self.beam}")
         if self.max_len < max(1, len(self.begin)):
             raise TangshiError(f"max_len must be >= 1 and >= the length of begin, got {self.max_len}")
+        if self.form is not None and self.form not in FORMS:
+            raise TangshiError(f"unknown form {self.form!r}; allowed: {', '.join(FORMS)}")
+        if (self.rhyme or self.tone) and self.form is None:
+            raise TangshiError("rhyme=true and tone=true need a form (form=wuyan_jueju, qiyan_lvshi, …)")
+        if self.form is not None:
+            form = FORMS[self.form]
+            if len(self.acrostic) > form.lines:
+                raise TangshiError(
+                    f"acrostic {self.acrostic!r} has {len(self.acrostic)} characters but a {self.form} has "
+                    f"{form.lines} lines"
+                )
+            if len(self.begin) > form.chars_per_line + 1:
+                raise TangshiError(
+                    f"begin {self.begin!r} is longer than the first line of a {self.form} "
+                    f"({form.chars_per_line} characters and its punctuation)"
+                )
+        if self.acrostic and self.begin and self.begin[0] != self.acrostic[0]:
+            raise TangshiError(
+                f"begin {self.begin!r} and acrostic {self.acrostic!r} cannot both hold: the first line must "
+                f"start with {self.acrostic[0]!r}"
+            )
+
+    @property
+    def max_chars(self) -> int:
+        """Length bound: a form's exact length, else max_len."""
+        if self.form is None:
+            return self.max_len
+        form = FORMS[self.form]
+        return form.lines * (form.chars_per_line + 1)
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -54,40 +101,277 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
+class Constraints:
+    """Which tokens each poem may emit next, given what it has so far: a small state machine per row.
+
+    Without a form and acrostic it only bans ``<pad> <bos> <unk>``. With a form: Chinese characters inside a
+    line, then ，after odd lines and 。after even ones, then ``<eos>``. ``acrostic`` fixes each line's first
+    character; ``rhyme`` restricts even lines' last characters to line 2's 平声 category (no rhyme character
+    twice); ``tone`` adds a bias toward the 平仄 pattern that line 1's second character opens.
+    """
+
+    def __init__(self, vocab: Vocab, cfg: SamplingConfig, device: torch.device, phon: Phonology | None = None):
+        self.cfg, self.vocab = cfg, vocab
+        self.form = FORMS[cfg.form] if cfg.form else None
+        v = len(vocab)
+        self.phon = phon or (phonology() if cfg.rhyme or cfg.tone else None)
+        punct = torch.zeros(v, dtype=torch.bool)
+        for p in LINE_PUNCT:
+            if p in vocab.stoi:
+                punct[vocab.stoi[p]] = True
+        self.free = torch.ones(v, dtype=torch.bool)
+        self.free[[i for i in range(len(SPECIALS)) if i != EOS_ID]] = False
+        self.chars = self.free.clone()
+        self.chars[EOS_ID] = False
+        self.chars &= ~punct
+        self.line_end = punct
+        self.only: dict[int, Tensor] = {}
+        for c in (COMMA, STOP):
+            if self.form is not None and c not in vocab.stoi:
+                raise TangshiError(f"the model's vocabulary lacks {c!r}, so it cannot write a {cfg.form}")
+        if self.phon is not None:
+            self.level = self._mask(lambda c: PING in self.phon.tone(c))  # type: ignore[union-attr]
+            self.oblique = self._mask(lambda c: self.phon.tone(c) == frozenset({ZE}))  # type: ignore[union-attr]
+            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c)))  # type: ignore[union-attr]
+            self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
+        self.device = device
+        self.rows: list[dict] = []
+
+    def _mask(self, keep: Callable[[str], bool]) -> Tensor:
+        m = torch.zeros(len(self.vocab), dtype=torch.bool)
+        for i, c in enumerate(self.vocab.itos):
+            if i >= len(SPECIALS) and keep(c):
+                m[i] = True
+        return m & self.chars
+
+    def _single(self, token: int) -> Tensor:
+        if token not in self.only:
+            m = torch.zeros(len(self.vocab), dtype=torch.bool)
+            m[token] = True
+            self.only[token] = m
+        return self.only[token]
+
+    def start(self, rows: int) -> None:
+        self.rows = [
+            {"line": 0, "col": 0, "cats": None, "used": set(), "opening": None, "seen": set()} for _ in range(rows)
+        ]
+
+    def reorder(self, index: list[int]) -> None:
+        self.rows = [
+            {**self.rows[i], "used": set(self.rows[i]["used"]), "seen": set(self.rows[i]["seen"])} for i in index
+        ]
+
+    def _allowed_row(self, r: dict) -> Tensor:
+        cfg, form = self.cfg, self.form
+        acro = cfg.acrostic
+        if form is None:
+            if acro:
+                if r["col"] == 0:
+                    if r["line"] < len(acro):
+                        return self._single(self.vocab.stoi[acro[r["line"]]])
+                    return self._single(EOS_ID)
+                m = self.free.clone()
+                m[EOS_ID] = False  # the acrostic's lines are not all written yet
+                return m
+            return self.free
+        if r["line"] >= form.lines:
+            return self._single(EOS_ID)
+        if r["col"] == form.chars_per_line:
+            return self._single(self.vocab.stoi[COMMA if r["line"] % 2 == 0 else STOP])
+        if r["col"] == 0 and r["line"] < len(acro):
+            return self._single(self.vocab.stoi[acro[r["line"]]])
+        if cfg.rhyme and r["line"] % 2 == 1 and r["col"] == form.chars_per_line - 1:
+            if r["cats"] is None:
+                return self.rhyme_any
+            m = self._category_mask(r["cats"])
+            fresh = m.clone()
+            for t in r["used"]:
+                fresh[t] = False
+            return fresh if fresh.any() else m
+        return self.chars
+
+    def _category_mask(self, cats: frozenset[str]) -> Tensor:
+        key = ("cats", cats)
+        if key not in self.only:
+            self.only[key] = self._mask(lambda c: bool(self.phon.categories(c) & cats))  # type: ignore[index, union-attr]
+        return self.only[key]  # type: ignore[index]
+
+    def _bias_row(self, r: dict) -> Tensor | None:
+        form = self.form
+        if not self.cfg.tone or form is None or r["line"] >= form.lines or r["col"] >= form.chars_per_line:
+            return None
+        col, line = r["col"], r["line"]
+        want: str | None = None
+        keys = key_positions(form.chars_per_line)
+        if col in keys and r["opening"] is not None and not (line == 0 and col == 1):
+            # 对 between a couplet's lines, 粘 between couplets: line i opens like line 0 when i % 4 is 0 or 3
+            base = r["opening"] if line % 4 in (0, 3) else (PING if r["opening"] == ZE else ZE)
+            j = keys.index(col)
+            want = base if j % 2 == 0 else (PING if base == ZE else ZE)
+        elif line % 2 == 1 and col == form.chars_per_line - 1:
+            want = PING  # even lines end on a level tone
+        if want is None:
+            return None
+        wrong = self.oblique if want == PING else self.level_only
+        return wrong.float() * -self.cfg.tone_bias
+
+    def allowed(self) -> Tensor:
+        return torch.stack([self._allowed_row(r) for r in self.rows]).to(self.device)
+
+    def bias(self) -> Tensor | None:
+        biases = [self._bias_row(r) for r in self.rows]
+        if all(b is None for b in biases):
+            return None
+        zero = torch.zeros(len(self.vocab))
+        return torch.stack([zero if b is None else b for b in biases]).to(self.device)
+
+    def advance(self, tokens: list[int]) -> None:
+        for r, t in zip(self.rows, tokens, strict=True):
+            char = self.vocab.itos[t]
+            if t == EOS_ID or r["line"] >= (self.form.lines if self.form else 10**9):
+                r["line"] = 10**9
+                continue
+            if char in LINE_PUNCT:
+                r["line"] += 1
+                r["col"] = 0
+                continue
+            r["seen"].add(t)
+            form = self.form
+            if form is not None and self.phon is not None:
+                if r["line"] == 0 and r["col"] == 1 and r["opening"] is None:
+                    tones = self.phon.tone(char)
+                    r["opening"] = ZE if tones == frozenset({ZE}) else PING
+                if r["line"] % 2 == 1 and r["col"] == form.chars_per_line - 1:
+                    # narrow to the categories every rhyme so far shares (还 is in both 删 and 先)
+                    cats = self.phon.categories(char)
+                    r["cats"] = cats if r["cats"] is None else (r["cats"] & cats) or r["cats"]
+                    r["used"].add(t)
+            r["col"] += 1
+
+    def penalise_repeats(self, logp: Tensor, penalty: float) -> Tensor:
+        if penalty == 1.0:
+            return logp
+        seen = torch.zeros_like(logp, dtype=torch.bool)
+        for i, r in enumerate(self.rows):
+            if r["seen"]:
+                seen[i, list(r["seen"])] = True
+        return torch.where(seen, logp * penalty, logp)  # log-probabilities are <= 0: scaling lowers them
+
+
+def _prepare(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> tuple[list[int], Constraints, torch.device]:
+    prompt = vocab.require(cfg.begin, "begin")
+    vocab.require(cfg.acrostic, "acrostic")
+    device = next(model.parameters()).device
+    cons = Constraints(vocab, cfg, device)
+    # Walk the beginning through the constraints: a beginning that breaks the form is an error, not a poem.
+    cons.start(1)
+    for i, t in enumerate(prompt):
+        if not bool(cons.allowed()[0, t]):
+            where = f"a {cfg.form}" if cfg.form else "this poem"
+            raise TangshiError(
+                f"begin {cfg.begin!r} cannot start {where}: {cfg.begin[i]!r} is not allowed as character {i + 1}"
+            )
+        cons.advance([t])
+    return prompt, cons, device
+
+
 @torch.no_grad()
 def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> list[str]:
-    """``cfg.n`` poems as strings, each starting with ``cfg.begin``."""
+    """``cfg.n`` poems as strings, each starting with ``cfg.begin`` and obeying the configured constraints."""
     cfg = cfg or SamplingConfig()
-    prompt = vocab.require(cfg.begin, "begin")
+    if cfg.beam:
+        return beam_search(model, vocab, cfg)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    g = torch.Generator(device=device)
-    if cfg.seed is not None:
-        g.manual_seed(cfg.seed)
-    else:
-        g.seed()
     try:
+        prompt, cons, device = _prepare(model, vocab, cfg)
+        g = torch.Generator(device=device)
+        if cfg.seed is not None:
+            g.manual_seed(cfg.seed)
+        else:
+            g.seed()
+        cons.reorder([0] * cfg.n)
         ids = torch.tensor([[BOS_ID, *prompt]] * cfg.n, device=device)
         feats, state = model(ids)
-        out = ids[:, 1:].tolist()
+        out = [list(prompt) for _ in range(cfg.n)]
         done = torch.zeros(cfg.n, dtype=torch.bool, device=device)
-        banned = torch.zeros(len(vocab), dtype=torch.bool, device=device)
-        banned[[i for i, s in enumerate(SPECIALS) if i != EOS_ID]] = True  # never emit <pad>, <bos>, <unk>
-        for _ in range(cfg.max_len - len(prompt)):  # a poem still open at max_len is cut there
-            logits = model.log_probs(feats[:, -1]).masked_fill(banned, float("-inf"))
+        for _ in range(cfg.max_chars - len(prompt) + (cfg.form is not None)):
+            logp = _scored(model, cons, feats[:, -1], cfg)
             if cfg.temperature == 0:
-                nxt = logits.argmax(-1)
+                nxt = logp.argmax(-1)
             else:
-                logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+                logits = filter_logits(logp / cfg.temperature, cfg.top_k, cfg.top_p)
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=g).squeeze(1)
             nxt = nxt.masked_fill(done, EOS_ID)
-            for row, token in zip(out, nxt.tolist(), strict=True):
+            tokens = nxt.tolist()
+            cons.advance(tokens)
+            for row, token in zip(out, tokens, strict=True):
                 row.append(token)
             done |= nxt == EOS_ID
             if bool(done.all()):
                 break
             feats, state = model(nxt[:, None], state)
         return [vocab.decode(row) for row in out]
+    finally:
+        model.train(was_training)
+
+
+def _scored(model: CharRNN, cons: Constraints, feats: Tensor, cfg: SamplingConfig) -> Tensor:
+    """Next-token log-probabilities after repetition penalty, tone bias and the constraint mask."""
+    logp = cons.penalise_repeats(model.log_probs(feats), cfg.repetition_penalty)
+    bias = cons.bias()
+    if bias is not None:
+        logp = logp + bias
+    return logp.masked_fill(~cons.allowed(), float("-inf"))
+
+
+@torch.no_grad()
+def beam_search(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
+    """The ``cfg.n`` most likely poems under the constraints, by beam search of width ``max(beam, n)``.
+
+    Scores are summed log-probabilities divided by length, so short poems are not favoured.
+    """
+    width = max(cfg.beam, cfg.n)
+    was_training = model.training
+    model.eval()
+    try:
+        prompt, cons, device = _prepare(model, vocab, cfg)
+        feats, state = model(torch.tensor([[BOS_ID, *prompt]], device=device))
+        seqs = [list(prompt)]
+        scores = torch.zeros(1, device=device)
+        finished: list[tuple[float, list[int]]] = []
+        for _ in range(cfg.max_chars - len(prompt) + 1):
+            logp = _scored(model, cons, feats[:, -1], cfg)
+            total = (scores[:, None] + logp).flatten()
+            k = min(width, int(torch.isfinite(total).sum()))
+            if k == 0:
+                break
+            best, flat = total.topk(k)
+            rows, tokens = (flat // logp.shape[1]).tolist(), (flat % logp.shape[1]).tolist()
+            keep_rows, keep_tokens, keep_scores = [], [], []
+            for s, r, t in zip(best.tolist(), rows, tokens, strict=True):
+                if t == EOS_ID:
+                    finished.append((s / (len(seqs[r]) + 1), seqs[r]))
+                else:
+                    keep_rows.append(r)
+                    keep_tokens.append(t)
+                    keep_scores.append(s)
+            if len(finished) >= width or not keep_rows:
+                break
+            seqs = [seqs[r] + [t] for r, t in zip(keep_rows, keep_tokens, strict=True)]
+            scores = torch.tensor(keep_scores, device=device)
+            cons.reorder(keep_rows)
+            cons.advance(keep_tokens)
+            index = torch.tensor(keep_rows, device=device)
+            state = (
+                tuple(s.index_select(1, index) for s in state)
+                if isinstance(state, tuple)
+                else state.index_select(1, index)
+            )
+            feats, state = model(torch.tensor(keep_tokens, device=device)[:, None], state)
+        if len(finished) < cfg.n:  # beams cut by max_len count too
+            finished += [(float(s) / max(1, len(q)), q) for s, q in zip(scores.tolist(), seqs, strict=True)]
+        finished.sort(key=lambda f: -f[0])
+        return [vocab.decode(q) for _, q in finished[: cfg.n]]
     finally:
         model.train(was_training)

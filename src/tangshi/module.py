@@ -20,6 +20,7 @@ from torchmetrics.aggregation import MeanMetric
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.model import CharRNN
+from tangshi.poetics import poetics_metrics
 from tangshi.vocab import Vocab
 
 CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
@@ -46,7 +47,11 @@ class PoemLM(L.LightningModule):
         optim: dict[str, Any],
         vocab: dict[str, Any],
         samples: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        poetics_samples: int = 0,
     ):
+        """``data`` (the data config) is only recorded, so evaluation can rebuild the test split from the
+        checkpoint; ``poetics_samples`` poems are sampled after each validation to log poetics metrics."""
         super().__init__()
         # Plain containers only: a DictConfig in a checkpoint fails torch's weights_only load. The
         # vocabulary is large, so it is kept out of hparams.yaml and stored by on_save_checkpoint instead.
@@ -135,6 +140,14 @@ class PoemLM(L.LightningModule):
             poems = sample(self.model, self.vocab, self.sample_cfg)
             # Markdown: two trailing spaces keep one poem per line in TensorBoard's text view.
             experiment.add_text("samples", "  \n".join(poems), self.global_step)
+        n = self.hparams.get("poetics_samples", 0)
+        if n:
+            # Free sampling, fixed seed: the curves show when the model learns form and rhyme on its own.
+            poems = sample(self.model, self.vocab, SamplingConfig(n=n, temperature=0.8, seed=0))
+            metrics = poetics_metrics(poems)
+            self.logger.log_metrics(
+                {f"poetics/{k}": v for k, v in metrics.items() if k != "poems"}, step=self.global_step
+            )
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")

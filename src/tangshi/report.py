@@ -1,8 +1,13 @@
-"""What a finished run tells its user: run dir, bits per character, sample poems."""
+"""What runs and samples tell their user: the end-of-run summary, and poems as text or scored JSON."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
+
+from tangshi.decoding import SamplingConfig
+from tangshi.poetics import phonology, score_poem
 
 
 def format_run_summary(summary: dict[str, Any]) -> str:
@@ -29,3 +34,15 @@ def format_run_summary(summary: dict[str, Any]) -> str:
 
 def print_run_summary(summary: dict[str, Any]) -> None:
     print(format_run_summary(summary), flush=True)
+
+
+def format_samples(poems: list[str], settings: SamplingConfig, fmt: str = "text", **context: Any) -> str:
+    """Poems one per line, or JSON with the prompt, the settings and each poem's poetics scores."""
+    if fmt == "text":
+        return "\n".join(poems)
+    phon = phonology()
+    return json.dumps(
+        {**context, "settings": asdict(settings), "poems": [{"text": p, **score_poem(p, phon)} for p in poems]},
+        ensure_ascii=False,
+        indent=2,
+    )

@@ -56,7 +56,12 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = PoemLM(
-            model=plain(cfg.model), optim=plain(cfg.optim), vocab=datamodule.vocab.to_dict(), samples=plain(cfg.samples)
+            model=plain(cfg.model),
+            optim=plain(cfg.optim),
+            vocab=datamodule.vocab.to_dict(),
+            samples=plain(cfg.samples),
+            data=plain(cfg.data),
+            poetics_samples=int(cfg.get("poetics_samples", 0)),
         )
         summary["params"] = module.model.param_counts()
         summary["vocab_size"] = len(datamodule.vocab)

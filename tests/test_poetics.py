@@ -1,0 +1,81 @@
+"""Poetics on hand-checked real poems: known forms, rhymes and 平仄 faults."""
+
+import pytest
+
+from tangshi.poetics import PING, ZE, detect_form, phonology, poetics_metrics, rhymes, score_poem, tone_rules
+
+DENG_GUAN_QUE = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"  # 王之涣: 尤 rhyme, regular tones
+CHUN_WANG = (
+    "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。"  # 杜甫, 侵
+)
+JING_YE_SI = "床前看月光，疑是地上霜。举头望山月，低头思故乡。"  # 李白: rhymes (阳) but a 古绝, tones not regular
+JIANG_XUE = "千山鸟飞绝，万径人踪灭。孤舟蓑笠翁，独钓寒江雪。"  # 柳宗元: rhymes on an entering (仄) tone
+ZAO_FA = "朝辞白帝彩云间，千里江陵一日还。两岸猿声啼不住，轻舟已过万重山。"  # 李白, 删
+
+
+def test_phonology_reads_pingshui_in_simplified_characters():
+    p = phonology()
+    assert p.rhymes["东"] == {"上平声一东"} and p.tone("东") == {PING}
+    assert p.tone("看") == {PING, ZE}  # read in either tone
+    assert p.tone("发") == {ZE} and "发" not in p.rhymes  # 發 and 髮, both entering tone
+    assert p.rhymes_with("流", "楼") and not p.rhymes_with("流", "山")
+    assert p.tone("啼") == {PING} and p.categories("啼") == {"今韵i"}  # not in the table: modern reading
+
+
+@pytest.mark.parametrize(
+    ("poem", "form"),
+    [
+        (DENG_GUAN_QUE, "wuyan_jueju"),
+        (CHUN_WANG, "wuyan_lvshi"),
+        (ZAO_FA, "qiyan_jueju"),
+        ("床前看月光，疑是地上霜。", None),
+        ("白日依山尽，黄河入海流，欲穷千里目，更上一层楼，", None),
+    ],
+)
+def test_detect_form(poem, form):
+    assert detect_form(poem) == form
+
+
+def test_rhyme_by_pingshui_level_tone_category():
+    assert rhymes(DENG_GUAN_QUE) and rhymes(CHUN_WANG) and rhymes(ZAO_FA) and rhymes(JING_YE_SI)
+    assert not rhymes(JIANG_XUE)  # 灭/雪 rhyme, but in the entering tone
+    assert not rhymes("白日依山尽，黄河入海流。欲穷千里目，更上一层山。")
+
+
+def test_tone_rules_on_regular_and_irregular_poems():
+    assert all(tone_rules(CHUN_WANG).values())
+    assert all(tone_rules(DENG_GUAN_QUE).values())
+    assert all(tone_rules(ZAO_FA).values())
+    rules = tone_rules(JING_YE_SI)
+    assert not rules["alternation"]  # 床前看月光: 前 and 月 … 疑是地上霜: 是 and 上 both oblique
+    assert rules["level_rhyme"]
+    assert tone_rules("床前看月光") is None
+
+
+def test_three_level_tail_and_lone_level_are_caught():
+    # line 2 黄河东西流 ends 东西流, three level tones (三平尾)
+    three = "白日依山尽，黄河东西流。欲穷千里目，更上一层楼。"
+    assert not tone_rules(three)["no_three_level_tail"]
+    # 孤平: line 4 夜孤月落楼 is 仄平仄仄平, its one level tone besides the rhyme stands alone
+    lone = "白日依山尽，黄河入海流。欲穷千里目，夜孤月落楼。"
+    assert not tone_rules(lone)["no_lone_level"]
+    assert tone_rules(DENG_GUAN_QUE)["no_lone_level"]
+
+
+def test_scores_and_set_metrics():
+    s = score_poem(CHUN_WANG)
+    assert s == {
+        "form": "wuyan_lvshi",
+        "rhymes": True,
+        "tone_rules": tone_rules(CHUN_WANG),
+        "tone_ok": True,
+        "repeated_line": False,
+    }
+    repeated = "白日依山尽，白日依山尽。白日依山尽，白日依山尽。"
+    m = poetics_metrics([DENG_GUAN_QUE, repeated, "不是诗"], train_lines={"白日依山尽"}, train_bodies={DENG_GUAN_QUE})
+    assert m["well_formed"] == pytest.approx(2 / 3)
+    assert m["rhyme"] == pytest.approx(1 / 2)
+    assert m["repeated_line"] == pytest.approx(1 / 3)
+    assert m["copied_poems"] == pytest.approx(1 / 3)
+    assert m["copied_lines"] == pytest.approx(5 / 8)  # 5 of 8 lines are 白日依山尽 (不是诗 has no closed line)
+    assert m["distinct_1"] == pytest.approx(len(set("白日依山尽黄河入海流欲穷千里目更上一层楼不是诗")) / 43)
