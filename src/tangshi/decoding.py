@@ -11,7 +11,7 @@ probability zero, so a constrained poem is well-formed by construction, not by l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, key_position
 from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
 COMMA, STOP = "，", "。"
+_DONE = 1 << 30  # line number of a finished poem
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,21 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
+@dataclass
+class _Row:
+    """Where one poem stands: line and column, and what rhyme and tone it has committed to."""
+
+    line: int = 0
+    col: int = 0
+    cats: frozenset[str] | None = None  # the 平水韵 categories every rhyme so far shares
+    used: set[int] = field(default_factory=set)  # rhyme characters used
+    opening: str | None = None  # tone of line 1's second character: fixes the 平仄 pattern
+    seen: set[int] = field(default_factory=set)  # characters so far, for the repetition penalty
+
+    def copy(self) -> _Row:
+        return replace(self, used=set(self.used), seen=set(self.seen))
+
+
 class Constraints:
     """Which tokens each poem may emit next, given what it has so far: a small state machine per row.
 
@@ -115,27 +131,21 @@ class Constraints:
         self.form = FORMS[cfg.form] if cfg.form else None
         v = len(vocab)
         self.phon = phon or (phonology() if cfg.rhyme or cfg.tone else None)
-        punct = torch.zeros(v, dtype=torch.bool)
-        for p in LINE_PUNCT:
-            if p in vocab.stoi:
-                punct[vocab.stoi[p]] = True
-        self.free = torch.ones(v, dtype=torch.bool)
+        self.free = torch.ones(v, dtype=torch.bool)  # anything but <pad> <bos> <unk>
         self.free[[i for i in range(len(SPECIALS)) if i != EOS_ID]] = False
-        self.chars = self.free.clone()
+        self.chars = self.free.clone()  # Chinese characters only
         self.chars[EOS_ID] = False
-        self.chars &= ~punct
-        self.line_end = punct
-        self.only: dict[int, Tensor] = {}
+        self.chars[[vocab.stoi[p] for p in LINE_PUNCT if p in vocab.stoi]] = False
+        self._cache: dict[object, Tensor] = {}
         for c in (COMMA, STOP):
             if self.form is not None and c not in vocab.stoi:
                 raise TangshiError(f"the model's vocabulary lacks {c!r}, so it cannot write a {cfg.form}")
         if self.phon is not None:
-            self.level = self._mask(lambda c: PING in self.phon.tone(c))  # type: ignore[union-attr]
             self.oblique = self._mask(lambda c: self.phon.tone(c) == frozenset({ZE}))  # type: ignore[union-attr]
             self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c)))  # type: ignore[union-attr]
             self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
         self.device = device
-        self.rows: list[dict] = []
+        self.rows: list[_Row] = []
 
     def _mask(self, keep: Callable[[str], bool]) -> Tensor:
         m = torch.zeros(len(self.vocab), dtype=torch.bool)
@@ -145,67 +155,63 @@ class Constraints:
         return m & self.chars
 
     def _single(self, token: int) -> Tensor:
-        if token not in self.only:
+        if token not in self._cache:
             m = torch.zeros(len(self.vocab), dtype=torch.bool)
             m[token] = True
-            self.only[token] = m
-        return self.only[token]
+            self._cache[token] = m
+        return self._cache[token]
 
     def start(self, rows: int) -> None:
-        self.rows = [
-            {"line": 0, "col": 0, "cats": None, "used": set(), "opening": None, "seen": set()} for _ in range(rows)
-        ]
+        self.rows = [_Row() for _ in range(rows)]
 
     def reorder(self, index: list[int]) -> None:
-        self.rows = [
-            {**self.rows[i], "used": set(self.rows[i]["used"]), "seen": set(self.rows[i]["seen"])} for i in index
-        ]
+        """Rows follow their beams (or one prompt row fans out to n poems)."""
+        self.rows = [self.rows[i].copy() for i in index]
 
-    def _allowed_row(self, r: dict) -> Tensor:
+    def _allowed_row(self, r: _Row) -> Tensor:
         cfg, form = self.cfg, self.form
         acro = cfg.acrostic
         if form is None:
             if acro:
-                if r["col"] == 0:
-                    if r["line"] < len(acro):
-                        return self._single(self.vocab.stoi[acro[r["line"]]])
+                if r.col == 0:
+                    if r.line < len(acro):
+                        return self._single(self.vocab.stoi[acro[r.line]])
                     return self._single(EOS_ID)
                 m = self.free.clone()
                 m[EOS_ID] = False  # the acrostic's lines are not all written yet
                 return m
             return self.free
-        if r["line"] >= form.lines:
+        if r.line >= form.lines:
             return self._single(EOS_ID)
-        if r["col"] == form.chars_per_line:
-            return self._single(self.vocab.stoi[COMMA if r["line"] % 2 == 0 else STOP])
-        if r["col"] == 0 and r["line"] < len(acro):
-            return self._single(self.vocab.stoi[acro[r["line"]]])
-        if cfg.rhyme and r["line"] % 2 == 1 and r["col"] == form.chars_per_line - 1:
-            if r["cats"] is None:
+        if r.col == form.chars_per_line:
+            return self._single(self.vocab.stoi[COMMA if r.line % 2 == 0 else STOP])
+        if r.col == 0 and r.line < len(acro):
+            return self._single(self.vocab.stoi[acro[r.line]])
+        if cfg.rhyme and r.line % 2 == 1 and r.col == form.chars_per_line - 1:
+            if r.cats is None:
                 return self.rhyme_any
-            m = self._category_mask(r["cats"])
+            m = self._category_mask(r.cats)
             fresh = m.clone()
-            for t in r["used"]:
+            for t in r.used:
                 fresh[t] = False
             return fresh if fresh.any() else m
         return self.chars
 
     def _category_mask(self, cats: frozenset[str]) -> Tensor:
-        key = ("cats", cats)
-        if key not in self.only:
-            self.only[key] = self._mask(lambda c: bool(self.phon.categories(c) & cats))  # type: ignore[index, union-attr]
-        return self.only[key]  # type: ignore[index]
+        if cats not in self._cache:
+            self._cache[cats] = self._mask(lambda c: bool(self.phon.categories(c) & cats))  # type: ignore[union-attr]
+        return self._cache[cats]
 
-    def _bias_row(self, r: dict) -> Tensor | None:
+    def _bias_row(self, r: _Row) -> Tensor | None:
         form = self.form
-        if not self.cfg.tone or form is None or r["line"] >= form.lines or r["col"] >= form.chars_per_line:
+        if not self.cfg.tone or form is None or r.line >= form.lines or r.col >= form.chars_per_line:
             return None
-        col, line = r["col"], r["line"]
+        col, line = r.col, r.line
         want: str | None = None
         keys = key_positions(form.chars_per_line)
-        if col in keys and r["opening"] is not None and not (line == 0 and col == 1):
+        if col in keys and r.opening is not None and not (line == 0 and col == 1):
             # 对 between a couplet's lines, 粘 between couplets: line i opens like line 0 when i % 4 is 0 or 3
-            base = r["opening"] if line % 4 in (0, 3) else (PING if r["opening"] == ZE else ZE)
+            base = r.opening if line % 4 in (0, 3) else (PING if r.opening == ZE else ZE)
             j = keys.index(col)
             want = base if j % 2 == 0 else (PING if base == ZE else ZE)
         elif line % 2 == 1 and col == form.chars_per_line - 1:
@@ -228,33 +234,33 @@ class Constraints:
     def advance(self, tokens: list[int]) -> None:
         for r, t in zip(self.rows, tokens, strict=True):
             char = self.vocab.itos[t]
-            if t == EOS_ID or r["line"] >= (self.form.lines if self.form else 10**9):
-                r["line"] = 10**9
+            if t == EOS_ID or r.line == _DONE or (self.form is not None and r.line >= self.form.lines):
+                r.line = _DONE
                 continue
             if char in LINE_PUNCT:
-                r["line"] += 1
-                r["col"] = 0
+                r.line += 1
+                r.col = 0
                 continue
-            r["seen"].add(t)
+            r.seen.add(t)
             form = self.form
             if form is not None and self.phon is not None:
-                if r["line"] == 0 and r["col"] == 1 and r["opening"] is None:
+                if r.line == 0 and r.col == 1 and r.opening is None:
                     tones = self.phon.tone(char)
-                    r["opening"] = ZE if tones == frozenset({ZE}) else PING
-                if r["line"] % 2 == 1 and r["col"] == form.chars_per_line - 1:
+                    r.opening = ZE if tones == frozenset({ZE}) else PING
+                if r.line % 2 == 1 and r.col == form.chars_per_line - 1:
                     # narrow to the categories every rhyme so far shares (还 is in both 删 and 先)
                     cats = self.phon.categories(char)
-                    r["cats"] = cats if r["cats"] is None else (r["cats"] & cats) or r["cats"]
-                    r["used"].add(t)
-            r["col"] += 1
+                    r.cats = cats if r.cats is None else (r.cats & cats) or r.cats
+                    r.used.add(t)
+            r.col += 1
 
     def penalise_repeats(self, logp: Tensor, penalty: float) -> Tensor:
         if penalty == 1.0:
             return logp
         seen = torch.zeros_like(logp, dtype=torch.bool)
         for i, r in enumerate(self.rows):
-            if r["seen"]:
-                seen[i, list(r["seen"])] = True
+            if r.seen:
+                seen[i, list(r.seen)] = True
         return torch.where(seen, logp * penalty, logp)  # log-probabilities are <= 0: scaling lowers them
 
 
