@@ -36,3 +36,11 @@ def test_corrupt_vocabulary_file(tmp_path):
     (tmp_path / "v.json").write_text('{"itos": ["a"]', encoding="utf-8")
     with pytest.raises(VocabError, match="cannot read vocabulary"):
         Vocab.load(tmp_path / "v.json")
+
+
+def test_encode_many_matches_encode():
+    v = Vocab.build(["白日依山尽", "黄河入海流"])
+    texts = ["白日龘", "", "黄河入海流，𠀋"]
+    flat, lengths = v.encode_many(texts)
+    assert lengths == [5, 2, 9]  # 𠀋 (outside the BMP) is one character
+    assert flat.tolist() == [i for t in texts for i in v.encode(t)]

@@ -371,7 +371,8 @@ def _load_cache(path: Path) -> Prepared | None:
 def prepare(cfg: CorpusConfig, data_dir: str | Path) -> Prepared:
     """Prepared splits and vocabulary for ``cfg``, from the cache when it holds them."""
     data_dir = Path(data_dir)
-    files = source_files(cfg, data_dir)
+    # The npm package is identified by its pinned integrity, so a warm start need not even open the tarball.
+    files = [] if cfg.source == "npm" else source_files(cfg, data_dir)
     path = data_dir / "prepared" / f"{cfg.source}-{cache_key(cfg, files)}"
     if path.exists():
         cached = _load_cache(path)
@@ -379,6 +380,8 @@ def prepare(cfg: CorpusConfig, data_dir: str | Path) -> Prepared:
             log.info("using prepared data %s", path)
             return cached
         shutil.rmtree(path, ignore_errors=True)
+    if cfg.source == "npm":
+        files = source_files(cfg, data_dir)
 
     log.info("preparing %s into %s", cfg.source, path)
     splits, counts = clean(read_source(cfg, files), cfg)

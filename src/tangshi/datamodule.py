@@ -26,8 +26,8 @@ class PoemDataset(Dataset[Tensor]):
     """Encoded poems, each ``<bos> body <eos>``."""
 
     def __init__(self, bodies: Sequence[str], vocab: Vocab):
-        self.seqs = [torch.tensor(vocab.encode(b), dtype=torch.long) for b in bodies]
-        self.lengths = [len(s) for s in self.seqs]
+        flat, self.lengths = vocab.encode_many(bodies)
+        self.seqs = list(torch.from_numpy(flat).split(self.lengths))  # views into one tensor
 
     def __len__(self) -> int:
         return len(self.seqs)
