@@ -1,5 +1,7 @@
 from tangshi.config import quote_non_ascii
 
+from .conftest import ROOT
+
 
 def test_non_ascii_override_values_are_quoted_for_hydra():
     argv = ["s.py", "begin=日", "data.path=/d/全唐诗", "n=5", "-m", "begin=春,秋", "x='已引'", "model.cell=gru"]
@@ -13,3 +15,19 @@ def test_non_ascii_override_values_are_quoted_for_hydra():
         "x='已引'",
         "model.cell=gru",
     ]
+
+
+def test_two_processes_started_together_get_different_run_dirs():
+    """The run dir ends in a per-process tag, so runs started in the same second never share a folder."""
+    import subprocess
+    import sys
+
+    code = (
+        "from hydra import compose, initialize_config_dir; from tangshi.config import register_resolvers;"
+        "register_resolvers();"
+        f"initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base=None);"
+        "c = compose('train', return_hydra_config=True); print(c.hydra.run.dir.split('_')[-1])"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    tags = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(tags) and tags[0] != tags[1]

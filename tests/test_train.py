@@ -189,3 +189,15 @@ def test_bf16_mixed_precision_trains_both_heads(compose_train, head):
         compose_train("model.cell=rnn", f"model.head={head}", "trainer.precision=bf16-mixed", "trainer.max_steps=20")
     )
     assert summary["status"] == "completed" and math.isfinite(summary["best_val_loss"])
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_two_processes_into_one_run_dir(tmp_path):
+    """trainer=ddp_cpu: two gloo processes (Lightning relaunches the Hydra script), one run dir, rank 0 writes."""
+    overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    proc = run_script("train.py", "trainer=ddp_cpu", *overrides, "trainer.max_steps=10", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["status"] == "completed" and metrics["steps"] == 10
+    assert (run / "train_ddp_process_1.log").exists()  # the second rank ran, in the same run dir

@@ -43,6 +43,10 @@ class SamplingConfig:
     tone_bias: float = 2.0  # nats added against the wrong tone when tone=true
 
     def __post_init__(self) -> None:
+        # Hydra hands ``begin=123`` over as an int and ``begin=null`` as None: both are text here.
+        for name in ("begin", "acrostic"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, "" if value is None else str(value))
         if self.n < 1:
             raise TangshiError(f"n must be >= 1, got {self.n}")
         if self.temperature < 0:
