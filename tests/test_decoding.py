@@ -156,3 +156,20 @@ def test_begin_breaking_the_form_and_unknown_acrostic_characters(trained):
         sample(trained.model, trained.vocab, SamplingConfig(begin=two + "，", form="wuyan_jueju"))
     with pytest.raises(TangshiError, match="acrostic character '龘' is not in the model's vocabulary"):
         sample(trained.model, trained.vocab, SamplingConfig(acrostic=two[0] + "龘", form="wuyan_jueju"))
+
+
+def test_sample_script_json_output_scores_each_poem(tiny_checkpoint, tmp_path):
+    import json
+
+    from .conftest import run_script
+
+    out = run_script(
+        "sample.py", f"ckpt={tiny_checkpoint}", "form=wuyan_jueju", "rhyme=true", "n=4", "format=json", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    assert data["prompt"] == {"begin": "", "acrostic": "", "form": "wuyan_jueju"}
+    assert data["settings"]["rhyme"] is True and len(data["poems"]) == 4
+    assert all(p["form"] == "wuyan_jueju" and p["rhymes"] and set(p["tone_rules"]) for p in data["poems"])
+    bad = run_script("sample.py", f"ckpt={tiny_checkpoint}", "format=xml", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown format 'xml'; allowed: text, json"

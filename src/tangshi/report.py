@@ -42,7 +42,12 @@ def format_samples(poems: list[str], settings: SamplingConfig, fmt: str = "text"
         return "\n".join(poems)
     phon = phonology()
     return json.dumps(
-        {**context, "settings": asdict(settings), "poems": [{"text": p, **score_poem(p, phon)} for p in poems]},
+        {
+            **context,
+            "prompt": {"begin": settings.begin, "acrostic": settings.acrostic, "form": settings.form},
+            "settings": asdict(settings),
+            "poems": [{"text": p, **score_poem(p, phon)} for p in poems],
+        },
         ensure_ascii=False,
         indent=2,
     )
