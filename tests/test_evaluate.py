@@ -45,5 +45,8 @@ def test_evaluate_script_writes_json_and_markdown(tiny_checkpoint, tmp_path, pre
 
 def test_evaluating_on_data_with_another_vocabulary_is_refused(tiny_checkpoint, tmp_path, corpus_config):
     other = prepare(CorpusConfig(**{**corpus_config.__dict__, "min_freq": 2}), tmp_path)
-    with pytest.raises(TangshiError, match="was trained with another vocabulary"):
+    with pytest.raises(
+        TangshiError,
+        match=r"cannot evaluate .*: the checkpoint's vocabulary \(\d+ tokens, \w+\) differs from the data's",
+    ):
         evaluate(checkpoint.load(tiny_checkpoint), other, n=4)

@@ -98,7 +98,9 @@ def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
 
 def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
     first = train(compose_train())
-    with pytest.raises(ValueError, match=r"checkpoint vocabulary .* differs from the data's"):
+    with pytest.raises(
+        ValueError, match=r"cannot resume from this checkpoint: the checkpoint's vocabulary .* differs from the data's"
+    ):
         train(
             compose_train(
                 "data.min_freq=2", f"ckpt_path={first['last_checkpoint']}", f"paths.output_dir={tmp_path / 'r2'}"

@@ -173,8 +173,8 @@ def find_tang_json(root: Path) -> list[Path]:
     raise CorpusError(f"no poet.tang.*.json found in {root} (nor in its 全唐诗/, quantangshi/ or json/ folder)")
 
 
-def read_chinese_poetry(root: Path) -> Iterator[Poem]:
-    for path in find_tang_json(root):
+def read_tang_json(files: list[Path]) -> Iterator[Poem]:
+    for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -228,7 +228,7 @@ def read_source(cfg: CorpusConfig, files: list[Path]) -> Iterator[Poem]:
     if cfg.source == "npm":
         return read_npm_tarball(files[0])
     if cfg.source == "chinese_poetry":
-        return read_chinese_poetry(Path(cfg.path))  # type: ignore[arg-type]
+        return read_tang_json(files)
     if cfg.source == "poems_txt":
         return read_poems_txt(files[0])
     return read_jsonl(files[0])

@@ -18,7 +18,6 @@ from tangshi.checkpoint import Loaded
 from tangshi.corpus import Prepared
 from tangshi.datamodule import PoemDataset, collate
 from tangshi.decoding import SamplingConfig, sample
-from tangshi.errors import TangshiError
 from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, split_lines
 
 BEGINS = "春山月风花江秋云"  # one begin character per slice of each constrained set
@@ -32,15 +31,6 @@ COLUMNS = (
     "copied_lines",
     "copied_poems",
 )
-
-
-def check_vocab(loaded: Loaded, prepared: Prepared) -> None:
-    if loaded.vocab.fingerprint != prepared.vocab.fingerprint:
-        raise TangshiError(
-            f"checkpoint {loaded.path} was trained with another vocabulary ({len(loaded.vocab)} tokens, "
-            f"{loaded.vocab.fingerprint}) than the data in {prepared.path} ({len(prepared.vocab)} tokens, "
-            f"{prepared.vocab.fingerprint}): evaluate it on the data settings it was trained with"
-        )
 
 
 @torch.no_grad()
@@ -90,7 +80,7 @@ def sets_to_sample(n: int, seed: int) -> dict[str, list[SamplingConfig]]:
 
 def evaluate(loaded: Loaded, prepared: Prepared, n: int = 96, seed: int = 0) -> dict[str, Any]:
     """Test loss and one row of poetics metrics per poem set, with the two reference rows first."""
-    check_vocab(loaded, prepared)
+    loaded.vocab.check_matches(prepared.vocab, f"evaluate {loaded.path} on {prepared.path}")
     train_lines = {t for body in prepared.splits["train"] for t, _ in split_lines(body)}
     train_bodies = set(prepared.splits["train"])
     rng = random.Random(seed)

@@ -183,9 +183,4 @@ class PoemLM(L.LightningModule):
         saved = checkpoint.get(CHECKPOINT_KEY, {}).get("vocab")
         if saved is None:
             raise TangshiError("checkpoint has no tangshi vocabulary; it was not written by tangshi")
-        theirs = Vocab.from_dict(saved)
-        if theirs.fingerprint != self.vocab.fingerprint:
-            raise TangshiError(
-                f"checkpoint vocabulary ({len(theirs)} tokens, {theirs.fingerprint}) differs from the data's "
-                f"({len(self.vocab)} tokens, {self.vocab.fingerprint}): resume with the data settings it was trained on"
-            )
+        Vocab.from_dict(saved).check_matches(self.vocab, "resume from this checkpoint")

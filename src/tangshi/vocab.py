@@ -107,6 +107,14 @@ class Vocab:
                 )
         return [self.stoi[c] for c in chars]
 
+    def check_matches(self, data: Vocab, action: str) -> None:
+        """One clear error when a checkpoint's vocabulary (self) is not the data's: ids would mean other characters."""
+        if self.fingerprint != data.fingerprint:
+            raise VocabError(
+                f"cannot {action}: the checkpoint's vocabulary ({len(self)} tokens, {self.fingerprint}) differs from "
+                f"the data's ({len(data)} tokens, {data.fingerprint}); use the data settings it was trained with"
+            )
+
     @property
     def fingerprint(self) -> str:
         """Identifies the id assignment: two vocabularies with equal fingerprints are interchangeable."""
