@@ -53,6 +53,7 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         "tokens_per_s",
         "wall_time_s",
         "steps",
+        "best_step",
         "epochs",
         "cell",
         "seed",

@@ -71,15 +71,14 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
+        # every rank trains on as many batches, so this rank's throughput stands for each rank's
+        throughput = module.timed_tokens * trainer.world_size / module.train_seconds if module.train_seconds else None
         summary.update(
             steps=trainer.global_step,
             startup_s=module.first_step_at - process_start if module.first_step_at else None,
             epochs=trainer.current_epoch,
             tokens_seen=module.tokens_seen,
-            # every rank trains on as many batches; this rank's tokens stand for each rank's
-            tokens_per_s=module.timed_tokens * trainer.world_size / module.train_seconds
-            if module.train_seconds
-            else None,
+            tokens_per_s=throughput,
             train_time_s=module.train_seconds,
         )
         if best:
@@ -90,12 +89,13 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             result = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
             test = result[0] if result else {}
             summary.update({f"test_{k.split('/')[1]}": float(v) for k, v in test.items() if k.startswith("test/")})
-        if best and cfg.get("final_samples", 0) and trainer.is_global_zero:
+        if best and trainer.is_global_zero:
             loaded = checkpoint.load(best)
             summary["best_step"] = loaded.step
-            final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
-            summary["samples"] = sample(loaded.model, loaded.vocab, final)
-            write_text(run_dir / "samples.txt", "".join(p + "\n" for p in summary["samples"]))
+            if cfg.get("final_samples", 0):
+                final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
+                summary["samples"] = sample(loaded.model, loaded.vocab, final)
+                write_text(run_dir / "samples.txt", "".join(p + "\n" for p in summary["samples"]))
         summary["status"] = "completed"
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
