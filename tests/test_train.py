@@ -15,6 +15,7 @@ from tangshi import checkpoint
 from tangshi.checkpoint import CheckpointError
 from tangshi.config import plain
 from tangshi.datamodule import PoemDataModule
+from tangshi.errors import TangshiError
 from tangshi.module import PoemLM
 from tangshi.train import train
 
@@ -204,3 +205,11 @@ def test_ddp_cpu_trains_two_processes_into_one_run_dir(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["status"] == "completed" and metrics["steps"] == 10
     assert (run / "train_ddp_process_1.log").exists()  # the second rank ran, in the same run dir
+
+
+def test_divergence_stops_the_run_and_marks_it_failed(compose_train):
+    cfg = compose_train("optim.lr=inf", "trainer.gradient_clip_val=null", "optim.warmup_steps=1")
+    with pytest.raises(TangshiError, match=r"training diverged: the loss is nan at step \d+; lower optim.lr"):
+        train(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["status"] == "failed" and "training diverged" in metrics["error"]

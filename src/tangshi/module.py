@@ -83,6 +83,14 @@ class PoemLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, count = self._step(batch)
+        if not torch.isfinite(loss):
+            # Stop at once: every step after a NaN is wasted, and last.ckpt still holds the last good weights.
+            clip = self.trainer.gradient_clip_val
+            raise TangshiError(
+                f"training diverged: the loss is {loss.item()} at step {self.global_step}; lower optim.lr "
+                f"(now {self.hparams.optim['lr']}) or clip gradients (trainer.gradient_clip_val, now {clip}), "
+                "and resume from the last good checkpoint (last.ckpt) if you like"
+            )
         n = int(count)
         self.tokens_seen += n
         # The time from one step's start to the next is the previous step's work: credit it with the previous
