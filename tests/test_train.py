@@ -213,3 +213,33 @@ def test_divergence_stops_the_run_and_marks_it_failed(compose_train):
         train(cfg)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["status"] == "failed" and "training diverged" in metrics["error"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.cell=lstmm", "unknown model.cell 'lstmm'; allowed: rnn, lstm, gru"),
+        ("model.hidden_size=0", "model.hidden_size must be a positive integer, got 0"),
+        ("model.num_layers=-2", "model.num_layers must be a positive integer, got -2"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\), got 1.5"),
+        ("data.forms=[sonnet]", "unknown form 'sonnet' in data.forms; allowed: wuyan_jueju"),
+        ("data.source=hf", "unknown data.source 'hf'; allowed: npm, chinese_poetry, poems_txt, jsonl"),
+        ("data.path=/no/such/folder", "data.path /no/such/folder does not exist"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+        ("data.min_len=1000", r"need 1 <= data.min_len <= data.max_len, got 1000 and 128"),
+        ("optim.scheduler=linear", "unknown optim.scheduler 'linear'; allowed: constant, cosine"),
+        ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
+    ],
+)
+def test_bad_overrides_fail_with_one_line_before_heavy_work(compose_train, tmp_path, override, message):
+    cfg = compose_train(override)
+    with pytest.raises(TangshiError, match=message) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "data" / "prepared").exists()  # the corpus was not touched
+
+
+def test_empty_corpus_after_filtering_is_one_line(compose_train):
+    with pytest.raises(TangshiError, match="the corpus is empty after filtering"):
+        train(compose_train("data.min_len=1000", "data.max_len=2000"))

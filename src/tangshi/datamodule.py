@@ -7,7 +7,7 @@ itself, so Lightning must not wrap it (``use_distributed_sampler: false`` in the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_replicas, self.rank, self.pool = num_replicas, rank, pool_batches * batch_size
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already trained on before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -108,11 +109,29 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._all_batches()[self.rank :: self.num_replicas]
+        skip, self.skip = self.skip, 0
+        yield from self._all_batches()[self.rank :: self.num_replicas][skip:]
 
     def __len__(self) -> int:
         # Pool boundaries decide the count, so compute it the same way the iterator does (cheap: sorting ints).
         return len(self._all_batches()) // self.num_replicas
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch travels in Lightning checkpoints (Lightning calls these two
+    methods on loaders that have them), so a run resumed mid-epoch sees exactly the batches an uninterrupted
+    run would have seen next."""
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self._batches_done()}  # type: ignore[union-attr]
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.epoch = state["epoch"]  # type: ignore[union-attr]
+        self.batch_sampler.skip = state["batches_done"]  # type: ignore[union-attr]
 
 
 class PoemDataModule(L.LightningDataModule):
@@ -138,6 +157,12 @@ class PoemDataModule(L.LightningDataModule):
         """Build from the ``data`` config group (a plain dict)."""
         data = dict(data)
         loader = {k: data.pop(k) for k in ("batch_size", "eval_batch_size", "num_workers", "pin_memory") if k in data}
+        for key in ("batch_size", "eval_batch_size"):
+            value = loader.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise TangshiError(f"data.{key} must be a positive integer, got {value!r}")
+        if not isinstance(loader.get("num_workers", 0), int) or loader.get("num_workers", 0) < 0:
+            raise TangshiError(f"data.num_workers must be an integer >= 0, got {loader['num_workers']!r}")
         forms = data.get("forms")
         data["forms"] = tuple(forms) if forms else None
         return cls(data_dir, CorpusConfig(**data), seed=seed, **loader)
@@ -171,14 +196,24 @@ class PoemDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
         )
-        return DataLoader(
+        kwargs: dict[str, Any] = {}
+        loader_cls: type[DataLoader] = DataLoader
+        if shuffle and trainer is not None:
+            loader_cls = ResumableLoader
+            # batches trained on in the current epoch (Lightning's count, which ignores prefetched batches)
+            kwargs["batches_done"] = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return loader_cls(
             ds,
             batch_sampler=sampler,
+            # A DataLoader draws a worker seed from this generator for every new iterator; a private one keeps
+            # those draws out of the global RNG, so dropout noise does not depend on when iterators were made.
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate,
             num_workers=self.num_workers,
             # pinned pages let Lightning's non-blocking host-to-GPU copies overlap with compute
             pin_memory=self.pin_memory or (trainer is not None and trainer.strategy.root_device.type == "cuda"),
             persistent_workers=self.num_workers > 0,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -32,6 +32,15 @@ def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True)
     return CharRNN(len(vocab), unigram_counts=vocab.counts if init_bias else None, **model_cfg)
 
 
+def check_optim(optim: dict[str, Any]) -> None:
+    """One clear error for an optimiser setting that cannot work (cheap: call before heavy work)."""
+    if optim.get("scheduler", "cosine") not in SCHEDULERS:
+        raise TangshiError(f"unknown optim.scheduler {optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    lr = optim.get("lr")
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or not lr > 0:
+        raise TangshiError(f"optim.lr must be a positive number, got {lr!r}")
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up, then cosine decay to ``min_ratio`` of the peak at ``total`` steps."""
     if step < warmup:
@@ -56,8 +65,7 @@ class PoemLM(L.LightningModule):
         # Plain containers only: a DictConfig in a checkpoint fails torch's weights_only load. The
         # vocabulary is large, so it is kept out of hparams.yaml and stored by on_save_checkpoint instead.
         self.save_hyperparameters(ignore=["vocab"])
-        if optim.get("scheduler", "cosine") not in SCHEDULERS:
-            raise TangshiError(f"unknown optim.scheduler {optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+        check_optim(optim)
         self.vocab = Vocab.from_dict(vocab)
         self.model = build_model(model, self.vocab)
         self.sample_cfg = SamplingConfig(**(samples or {"n": 4}))
@@ -185,10 +193,18 @@ class PoemLM(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "vocab": self.vocab.to_dict()}
+        # The RNG state (dropout) makes a resumed run continue exactly as an uninterrupted one would.
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "vocab": self.vocab.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY, {}).get("vocab")
         if saved is None:
             raise TangshiError("checkpoint has no tangshi vocabulary; it was not written by tangshi")
         Vocab.from_dict(saved).check_matches(self.vocab, "resume from this checkpoint")
+        rng = checkpoint[CHECKPOINT_KEY].get("torch_rng")
+        if rng is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng)

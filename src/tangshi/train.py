@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tangshi.config import plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.model import bits, check_config
-from tangshi.module import PoemLM
+from tangshi.module import PoemLM, check_optim
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     metrics_path = run_dir / "metrics.json"
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
+    check_optim(plain(cfg.optim))
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
     if cfg.get("torch_threads"):
@@ -50,6 +52,11 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
         callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],
     )
+    if cfg.get("ckpt_path") == "last" and metrics_path.exists():
+        previous = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if previous.get("status") == "completed":  # resuming a sweep: finished jobs are not redone
+            log.info("%s already completed; nothing to resume", run_dir)
+            return previous
     if trainer.is_global_zero:
         write_json(metrics_path, summary)
     try:
