@@ -70,3 +70,41 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     again = _start(tmp_path / "killed", *root, "ckpt_path=last")
     assert again.wait(timeout=300) == 0
     assert _metrics(tmp_path / "killed") == b
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "model.cell=rnn,gru",
+        *RUN[:-4],
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0_rnn_seed0", "1_gru_seed0"]
+    before = {p.name: (_metrics(p), (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) for p in jobs}
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "ckpt_path=last"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {p.name: (_metrics(p), (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) for p in jobs}
+    assert after == before  # nothing retrained, nothing rewritten
