@@ -2,7 +2,8 @@
 
 Poems range from 10 to 128+ characters; batching poems of similar length wastes little compute on
 padding (about 4x faster than random batches here). The batch sampler shards batches across DDP ranks
-itself, so Lightning must not wrap it (``use_distributed_sampler: false`` in the trainer configs).
+itself, so Lightning must not wrap it (``use_distributed_sampler: false`` in the trainer configs). The
+training loader saves its place in the epoch in checkpoints, so a run resumed mid-epoch continues exactly.
 """
 
 from __future__ import annotations
