@@ -77,5 +77,5 @@ def test_scores_and_set_metrics():
     assert m["rhyme"] == pytest.approx(1 / 2)
     assert m["repeated_line"] == pytest.approx(1 / 3)
     assert m["copied_poems"] == pytest.approx(1 / 3)
-    assert m["copied_lines"] == pytest.approx(5 / 8)  # 5 of 8 lines are 白日依山尽 (不是诗 has no closed line)
+    assert m["copied_lines"] == pytest.approx(5 / 9)  # 5 of 9 lines are 白日依山尽 (不是诗 counts as one line)
     assert m["distinct_1"] == pytest.approx(len(set("白日依山尽黄河入海流欲穷千里目更上一层楼不是诗")) / 43)

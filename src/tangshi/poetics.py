@@ -248,7 +248,8 @@ def poetics_metrics(
     scores = [score_poem(p, phon) for p in poems]
     formed = [s for s in scores if s["form"]]
     m = max(1, len(formed))
-    lines = [t for p in poems for t, _ in split_lines(p)] or [p for p in poems]
+    # lines for novelty and bigrams: every stretch between punctuation marks, an unclosed last one too
+    lines = [t for p in poems for t in re.split(f"[{LINE_PUNCT}]", p) if t]
     chars = [c for p in poems for c in p if c not in LINE_PUNCT]
     bigrams = [g for line in lines for g in ngrams(line, 2)]
     out = {
