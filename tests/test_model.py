@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CELLS, IGNORE_INDEX, CharRNN
+from tangshi.model import CELLS, IGNORE_INDEX, CharRNN, core_params, hidden_for_budget, resolve_budget
 
 V = 50
 
@@ -97,3 +97,22 @@ def test_weight_tying_shares_the_matrix_through_a_projection():
 def test_bad_settings_are_one_clear_error(kwargs, message):
     with pytest.raises(TangshiError, match=message):
         CharRNN(V, **kwargs)
+
+
+@pytest.mark.parametrize("budget", [200_000, 691_200, 1_500_000, 5_000_000])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_param_budget_matches_every_cell_within_two_percent(budget, layers):
+    for cell in CELLS:
+        h = hidden_for_budget(cell, budget, input_size=128, num_layers=layers)
+        core = CharRNN(50, cell=cell, embed_dim=128, hidden_size=h, num_layers=layers).param_counts()["core"]
+        assert core == core_params(cell, 128, h, layers)
+        assert abs(core - budget) <= 0.02 * budget, (cell, h, core)
+
+
+def test_param_budget_resolves_hidden_size_and_refuses_impossible_budgets():
+    cfg = resolve_budget(
+        {"cell": "rnn", "embed_dim": 128, "hidden_size": 256, "num_layers": 2, "param_budget": 691_200}
+    )
+    assert "param_budget" not in cfg and cfg["hidden_size"] > 256  # an RNN needs more units for a GRU's budget
+    with pytest.raises(TangshiError, match="cannot be met within 2%"):
+        hidden_for_budget("lstm", 500, input_size=128, num_layers=2)

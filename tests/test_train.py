@@ -243,3 +243,19 @@ def test_bad_overrides_fail_with_one_line_before_heavy_work(compose_train, tmp_p
 def test_empty_corpus_after_filtering_is_one_line(compose_train):
     with pytest.raises(TangshiError, match="the corpus is empty after filtering"):
         train(compose_train("data.min_len=1000", "data.max_len=2000"))
+
+
+def test_param_budget_sets_the_hidden_size_recorded_in_the_checkpoint(compose_train):
+    summary = train(
+        compose_train(
+            "model.cell=gru",
+            "model.param_budget=30000",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            "final_samples=1",
+        )
+    )
+    loaded = checkpoint.load(summary["best_checkpoint"])
+    assert loaded.hparams["model"]["hidden_size"] == summary["hidden_size"] != 64
+    assert "param_budget" not in loaded.hparams["model"]
+    assert abs(summary["params"]["core"] - 30000) <= 600

@@ -188,6 +188,46 @@ def _float32(t: Tensor) -> torch.autocast:
     return torch.autocast(t.device.type, enabled=False)
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer: h, (r, z, n), (i, f, g, o)
+
+
+def core_params(cell: str, input_size: int, hidden_size: int, num_layers: int) -> int:
+    """Parameters of ``nn.RNN/GRU/LSTM(input_size, hidden_size, num_layers)``: W_ih, W_hh and two biases."""
+    g, h = GATES[cell], hidden_size
+    return sum(g * (h * ((input_size if layer == 0 else h) + h) + 2 * h) for layer in range(num_layers))
+
+
+def hidden_for_budget(cell: str, budget: int, input_size: int, num_layers: int, tolerance: float = 0.02) -> int:
+    """The hidden size whose recurrent core comes closest to ``budget`` parameters (within ``tolerance``).
+
+    Used to compare cells at equal capacity: an LSTM has four weight blocks per layer to the RNN's one, so
+    at equal hidden size it holds about four times the parameters.
+    """
+    if cell not in GATES:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
+    g, i, n = GATES[cell], input_size, num_layers
+    # core_params is quadratic in h: g * ((2n - 1) h^2 + (i + 2n) h); solve for the budget, then check neighbours
+    a, b = g * (2 * n - 1), g * (i + 2 * n)
+    root = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
+    best = min({max(1, math.floor(root)), math.ceil(root)}, key=lambda h: abs(core_params(cell, i, h, n) - budget))
+    got = core_params(cell, i, best, n)
+    if abs(got - budget) > tolerance * budget:
+        raise TangshiError(
+            f"model.param_budget={budget} cannot be met within {tolerance:.0%} by a {n}-layer {cell} "
+            f"(closest: hidden_size={best} with {got} parameters); choose a larger budget"
+        )
+    return best
+
+
+def resolve_budget(model_cfg: dict) -> dict:
+    """The model settings with ``param_budget`` (if set) turned into the matching ``hidden_size``."""
+    cfg = dict(model_cfg)
+    budget = cfg.pop("param_budget", None)
+    if budget is not None:
+        cfg["hidden_size"] = hidden_for_budget(cfg["cell"], int(budget), cfg["embed_dim"], cfg["num_layers"])
+    return cfg
+
+
 def bits(nats: float) -> float:
     """Nats per character → bits per character."""
     return nats / math.log(2)

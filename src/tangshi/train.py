@@ -22,7 +22,7 @@ from tangshi.atomic import write_json, write_text
 from tangshi.config import plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
-from tangshi.model import bits, check_config
+from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, check_optim
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     metrics_path = run_dir / "metrics.json"
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
+    model_cfg = resolve_budget(plain(cfg.model))
     check_optim(plain(cfg.optim))
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
@@ -63,7 +64,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = PoemLM(
-            model=plain(cfg.model),
+            model=model_cfg,
             optim=plain(cfg.optim),
             vocab=datamodule.vocab.to_dict(),
             samples=plain(cfg.samples),
@@ -71,6 +72,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             poetics_samples=int(cfg.get("poetics_samples", 0)),
         )
         summary["params"] = module.model.param_counts()
+        summary["hidden_size"] = model_cfg["hidden_size"]
         summary["vocab_size"] = len(datamodule.vocab)
         summary["data"] = datamodule.prepared.meta["counts"]  # type: ignore[union-attr]
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
