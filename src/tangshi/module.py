@@ -19,7 +19,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
+from tangshi.model import CharRNN, resolve_budget
 from tangshi.poetics import poetics_metrics
 from tangshi.vocab import Vocab
 
@@ -29,7 +29,7 @@ SCHEDULERS = ("constant", "cosine")
 
 
 def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True) -> CharRNN:
-    return CharRNN(len(vocab), unigram_counts=vocab.counts if init_bias else None, **model_cfg)
+    return CharRNN(len(vocab), unigram_counts=vocab.counts if init_bias else None, **resolve_budget(model_cfg))
 
 
 def check_optim(optim: dict[str, Any]) -> None:
