@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT, TINY
+from .conftest import ROOT, TINY, run_script
 
 # 16-poem batches: an epoch of the fixture is 18 steps; validation (and last.ckpt) every 7 steps.
 RUN = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
@@ -84,27 +84,12 @@ def test_a_resumed_sweep_skips_finished_jobs(tmp_path):
         f"paths.root_dir={tmp_path}",
         f"hydra.sweep.dir={sweep}",
     ]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    first = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    first = run_script("train.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0_rnn_seed0", "1_gru_seed0"]
     before = {p.name: (_metrics(p), (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) for p in jobs}
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "ckpt_path=last"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    again = run_script("train.py", *args, "ckpt_path=last")
     assert again.returncode == 0, again.stderr[-3000:]
     after = {p.name: (_metrics(p), (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) for p in jobs}
     assert after == before  # nothing retrained, nothing rewritten
