@@ -119,6 +119,9 @@ def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
         ["trainer=ddp_cpu"],
         ["data=regular"],
         ["experiment=quick"],
+        ["experiment=compare_cells"],
+        ["experiment=compare_cells_quick"],
+        ["experiment=lr_search"],
         ["model.cell=gru", "model.head=full", "model.tie_weights=true"],
     ],
 )
@@ -131,7 +134,10 @@ def test_every_config_group_composes(overrides):
         assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
         sample_cfg = compose("sample", overrides=["ckpt=x.ckpt"])
         assert sample_cfg.ckpt == "x.ckpt"
-    if overrides in (["data=regular"], ["experiment=quick"]):
+    if overrides[0].startswith("experiment=compare") or overrides[0] == "experiment=lr_search":
+        assert cfg.model.param_budget in (200000, 700000) and cfg.trainer.max_time is None
+        assert "model.cell" in cfg.hydra.sweeper.params
+    if overrides in (["data=regular"], ["experiment=quick"], ["experiment=compare_cells_quick"]):
         assert list(cfg.data.forms) == ["wuyan_jueju", "qiyan_jueju", "wuyan_lvshi", "qiyan_lvshi"]
         assert cfg.data.batch_size == 64  # inherited from data/tang
 
