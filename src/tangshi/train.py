@@ -38,6 +38,11 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     process_start = process_start or time.time()
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
+    if cfg.get("ckpt_path") == "last" and metrics_path.exists():
+        previous = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if previous.get("status") == "completed":  # resuming a sweep: finished jobs are not redone
+            log.info("%s already completed; nothing to resume", run_dir)
+            return previous
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
     model_cfg = resolve_budget(plain(cfg.model))
@@ -53,11 +58,6 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
         callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],
     )
-    if cfg.get("ckpt_path") == "last" and metrics_path.exists():
-        previous = json.loads(metrics_path.read_text(encoding="utf-8"))
-        if previous.get("status") == "completed":  # resuming a sweep: finished jobs are not redone
-            log.info("%s already completed; nothing to resume", run_dir)
-            return previous
     if trainer.is_global_zero:
         write_json(metrics_path, summary)
     try:
