@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tangshi.corpus import CorpusConfig, Prepared, prepare
-from tangshi.errors import TangshiError
+from tangshi.errors import TangshiError, require_positive_int
 from tangshi.model import IGNORE_INDEX
 from tangshi.vocab import PAD_ID, Vocab
 
@@ -159,9 +159,8 @@ class PoemDataModule(L.LightningDataModule):
         data = dict(data)
         loader = {k: data.pop(k) for k in ("batch_size", "eval_batch_size", "num_workers", "pin_memory") if k in data}
         for key in ("batch_size", "eval_batch_size"):
-            value = loader.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise TangshiError(f"data.{key} must be a positive integer, got {value!r}")
+            if loader.get(key) is not None:
+                require_positive_int(f"data.{key}", loader[key])
         if not isinstance(loader.get("num_workers", 0), int) or loader.get("num_workers", 0) < 0:
             raise TangshiError(f"data.num_workers must be an integer >= 0, got {loader['num_workers']!r}")
         forms = data.get("forms")

@@ -19,3 +19,9 @@ def reported() -> Iterator[None]:
     except TangshiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def require_positive_int(name: str, value: object) -> None:
+    """One clear error unless ``value`` is an integer >= 1 (booleans are not counts)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TangshiError(f"{name} must be a positive integer, got {value!r}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tangshi.errors import TangshiError
+from tangshi.errors import TangshiError, require_positive_int
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 HEADS = ("full", "adaptive")
@@ -46,8 +46,7 @@ def check_config(
         ("hidden_size", hidden_size),
         ("num_layers", num_layers),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TangshiError(f"model.{name} must be a positive integer, got {value!r}")
+        require_positive_int(f"model.{name}", value)
     if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise TangshiError(f"model.dropout must be in [0, 1), got {dropout!r}")
     if tie_weights and head != "full":
