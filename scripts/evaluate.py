@@ -11,8 +11,7 @@ from omegaconf import DictConfig
 
 from tangshi import checkpoint
 from tangshi.config import plain, quote_non_ascii
-from tangshi.datamodule import PoemDataModule
-from tangshi.errors import TangshiError, reported
+from tangshi.errors import reported
 from tangshi.evaluate import evaluate, to_markdown, write_report
 
 
@@ -20,12 +19,8 @@ from tangshi.evaluate import evaluate, to_markdown, write_report
 def main(cfg: DictConfig) -> None:
     with reported():
         loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
-        data = plain(cfg.data) or loaded.hparams.get("data")
-        if not data:
-            raise TangshiError(f"checkpoint {cfg.ckpt} records no data settings; pass data={{source: …, …}}")
-        dm = PoemDataModule.from_config(data, cfg.paths.data_dir)
-        dm.prepare_data()
-        result = evaluate(loaded, dm.prepared, n=cfg.n, seed=cfg.seed)
+        prepared = checkpoint.prepared_data(loaded, plain(cfg.data), cfg.paths.data_dir)
+        result = evaluate(loaded, prepared, n=cfg.n, seed=cfg.seed)
     out_dir = cfg.out_dir or Path(cfg.ckpt).resolve().parent.parent / "eval"
     json_path, md_path = write_report(result, out_dir)
     print(to_markdown(result).split("\n## ")[0])

@@ -1,8 +1,13 @@
-"""A tiny 2-cell x 2-seed sweep through the real Hydra entry point, then scripts/compare.py on it."""
+"""A tiny 2-cell x 2-seed sweep through the real Hydra entry point (two jobs at a time, joblib launcher),
+then scripts/compare.py on it."""
 
 import json
+from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tangshi.compare import Run, best_lr, summarise
 
 from .conftest import TINY, run_script
 
@@ -20,7 +25,15 @@ def sweep(tmp_path_factory):
         "poetics_samples=0",
         f"paths.root_dir={root}",
     ]
-    multirun = run_script("train.py", "-m", "model.cell=rnn,gru", "seed=0,1", *common, f"hydra.sweep.dir={sweep_dir}")
+    multirun = run_script(
+        "train.py",
+        "-m",
+        "model.cell=rnn,gru",
+        "seed=0,1",
+        "hydra/launcher=parallel",
+        *common,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert multirun.returncode == 0, multirun.stderr[-3000:]
     crashed = run_script(
         "train.py", *common, "optim.lr=inf", "trainer.gradient_clip_val=null", f"hydra.run.dir={sweep_dir / 'crashed'}"
@@ -51,6 +64,46 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
     assert (sweep / "val_bpc_vs_step.png").read_bytes()[:4] == b"\x89PNG"
     assert (sweep / "val_bpc_vs_time.png").stat().st_size > 1000
     assert "| gru | 2 |" in out.stdout
+    # issue-5 diagnostics per cell: rhyme-position losses, gradient-flow ratios and their figures
+    for cell in ("rnn", "gru"):
+        ms = [m for m in runs[cell] if m["status"] == "completed"]
+        rhyme = report["positions"][cell]["rhyme"]["loss"][0]
+        assert rhyme == pytest.approx(sum(m["positions"]["rhyme"]["loss"] for m in ms) / 2)
+        assert set(report["gradient_flow"][cell]["last"]) == {"layer0_k10", "layer0_k20", "layer0_k40"}
+    assert "rhyme loss" in text and "layer0_k20 init" in text
+    for name in ("gradient_flow.png", "loss_by_position.png"):
+        assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_jobs_run_in_parallel_never_share_a_directory(sweep):
+    dirs = sorted(p.parent.name for p in sweep.glob("*/.hydra"))
+    assert dirs == ["0_rnn_seed0", "1_rnn_seed1", "2_gru_seed0", "3_gru_seed1", "crashed"]
+    spans = []
+    for d in dirs[:4]:
+        m = json.loads((sweep / d / "metrics.json").read_text(encoding="utf-8"))
+        assert Path(m["run_dir"]).name == d and f"{m['cell']}_seed{m['seed']}" in d
+        assert (sweep / d / "checkpoints" / "best.ckpt").exists()
+        times = [
+            e.wall_time
+            for e in EventAccumulator(str(sweep / d / "tensorboard")).Reload().Scalars("gradflow/layer0_k10")
+        ]
+        spans.append((min(times), max(times)))
+    # the joblib launcher ran jobs 0 and 1 at the same time
+    assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1], spans
+
+
+def test_best_learning_rate_per_cell():
+    def run(cell: str, lr: float, bpc: float, seed: int = 0) -> Run:
+        metrics = {"status": "completed", "cell": cell, "lr": lr, "seed": seed, "best_val_bpc": bpc}
+        return Run(Path(f"{cell}-{lr}-{seed}"), {**metrics, "params": {"core": 1, "total": 2}})
+
+    runs = [run("rnn", 1e-3, 8.0), run("rnn", 1e-2, 7.5), run("gru", 1e-3, 7.0), run("gru", 1e-3, 7.2, seed=1)]
+    runs += [run("gru", 1e-2, 7.05), run("gru", 1e-2, 7.25, seed=1)]
+    summary = summarise(runs)
+    assert list(summary["cells"]) == ["rnn lr=0.001", "rnn lr=0.01", "gru lr=0.001", "gru lr=0.01"]
+    assert summary["best_lr"] == {"rnn": 0.01, "gru": 0.001}
+    assert list(summary["welch_p"]) == ["gru lr=0.001 vs gru lr=0.01"]  # only groups with two or more seeds
+    assert best_lr(summarise(runs[2:4])["cells"]) == {}  # one rate per cell: nothing to choose
 
 
 def test_compare_with_no_runs_is_one_line(tmp_path):

@@ -116,3 +116,25 @@ def test_param_budget_resolves_hidden_size_and_refuses_impossible_budgets():
     assert "param_budget" not in cfg and cfg["hidden_size"] > 256  # an RNN needs more units for a GRU's budget
     with pytest.raises(TangshiError, match="cannot be met within 2%"):
         hidden_for_budget("lstm", 500, input_size=128, num_layers=2)
+
+
+def test_out_dim_gives_every_cell_the_same_softmax_at_equal_core_budgets():
+    counts = {
+        cell: CharRNN(
+            3000,
+            **resolve_budget(
+                {
+                    "cell": cell,
+                    "embed_dim": 64,
+                    "num_layers": 1,
+                    "param_budget": 100_000,
+                    "out_dim": 64,
+                    "head": "adaptive",
+                }
+            ),
+        ).param_counts()
+        for cell in ("rnn", "lstm", "gru")
+    }
+    assert len({c["head"] for c in counts.values()}) == 1 and len({c["embedding"] for c in counts.values()}) == 1
+    assert max(c["core"] for c in counts.values()) < 1.02 * min(c["core"] for c in counts.values())
+    assert counts["rnn"]["projection"] > counts["lstm"]["projection"] > 0  # the RNN's hidden state is widest

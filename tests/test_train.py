@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tangshi import checkpoint
 from tangshi.checkpoint import CheckpointError
@@ -65,6 +66,16 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
     assert 0 < on_disk["startup_s"] < on_disk["wall_time_s"]
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert len(summary["samples"]) == 3 and (run / "samples.txt").exists()
+    # diagnostics: gradient flow at initialisation and at the end, clipping, rhyme-position loss
+    assert 0 <= on_disk["clip_share"] <= 1 and on_disk["grad_norm_max"] >= on_disk["grad_norm_mean"] > 0
+    flow = json.loads((run / "diagnostics" / "gradient_flow.json").read_text(encoding="utf-8"))
+    assert [m["step"] for m in flow["measurements"]] == [0, 40] and len(flow["measurements"][0]["norms"][0]) == 48
+    assert on_disk["gradient_flow"]["first_step"] == 0 and set(on_disk["gradient_flow"]["last"]) == {
+        "layer0_k10",
+        "layer0_k20",
+        "layer0_k40",
+    }
+    assert set(on_disk["positions"]) == {"rhyme", "line_start", "other", "punct"}
 
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
@@ -85,8 +96,25 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         "poetics/well_formed",
         "poetics/rhyme",
         "poetics/distinct_2",
+        "train/clip_share",
+        "gradflow/layer0_k10",
+        "gradflow/layer0_k40",
     } <= tags
     assert "samples/text_summary" in events.Tags()["tensors"]
+    assert "gradflow/curve" in events.Tags()["images"]
+    # one hparams entry listing what tells runs of a sweep apart, with the final metrics
+    hparams = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    recorded = hparams.session_start_info.hparams
+    assert recorded["cell"].string_value == cell and recorded["hidden_size"].number_value == 64
+    assert {"seed", "lr", "core_params"} <= set(recorded)
+    assert events.Scalars("hparams/best_val_bpc")[-1].value == pytest.approx(summary["best_val_bpc"], rel=1e-5)
+
+
+def test_lr_by_cell_gives_each_cell_its_own_rate(compose_train):
+    cfg = compose_train("model.cell=gru", "optim.lr_by_cell={rnn: 0.02, gru: 0.005}", "trainer.max_steps=2")
+    assert train(cfg)["lr"] == 0.005
+    with pytest.raises(TangshiError, match=r"optim\.lr_by_cell has no rate for cell 'lstm'; it has: rnn, gru"):
+        train(compose_train("model.cell=lstm", "optim.lr_by_cell={rnn: 0.02, gru: 0.005}"))
 
 
 def test_resume_continues_from_the_saved_step(compose_train, tmp_path):

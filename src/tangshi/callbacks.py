@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from torch import Tensor
+
+from tangshi.atomic import write_json
+from tangshi.diagnostics import DISTANCES, decay_ratios, gradient_flow, plot_flow, probe_batch
+from tangshi.errors import TangshiError, require_positive_int
+
+log = logging.getLogger(__name__)
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -40,3 +52,80 @@ class StepProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the run dir names the run; an empty version number says nothing
         return metrics
+
+
+class GradientFlow(L.Callback):
+    """Gradient flow through time (:func:`tangshi.diagnostics.gradient_flow`) at initialisation and every
+    ``every_n_steps`` steps, on fixed validation poems. Logs ``gradflow/layer{l}_k{k}`` (the share of the
+    gradient left after k characters) and a figure to TensorBoard, and keeps every curve in
+    ``<dirpath>/gradient_flow.json``. One forward and backward pass of ``poems`` × ``length`` tokens each time.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        every_n_steps: int = 250,
+        length: int = 48,
+        poems: int = 64,
+        distances: Sequence[int] = DISTANCES,
+    ):
+        require_positive_int("gradient_flow.every_n_steps", every_n_steps)
+        self.path = Path(dirpath) / "gradient_flow.json" if dirpath else None
+        self.every, self.length, self.poems, self.distances = every_n_steps, length, poems, tuple(distances)
+        self.measurements: list[dict[str, Any]] = []
+        self._tokens: Tensor | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        bodies = trainer.datamodule.prepared.splits["val"]  # type: ignore[attr-defined]
+        try:
+            self._tokens = probe_batch(bodies, pl_module.vocab, self.length, self.poems)  # type: ignore[arg-type]
+        except TangshiError as e:  # a corpus of short poems: train anyway, say why there is no curve
+            log.warning("gradient flow not measured: %s (callbacks.gradient_flow.length)", e)
+            return
+        if self.path is not None and self.path.exists():  # resumed: keep what was measured before this step
+            saved = json.loads(self.path.read_text(encoding="utf-8"))["measurements"]
+            self.measurements = [m for m in saved if m["step"] <= trainer.global_step]
+        self._measure(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self._measure(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._measure(trainer, pl_module)  # the final weights, whatever step the run stopped at
+
+    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if self._tokens is None or (self.measurements and self.measurements[-1]["step"] == step):
+            return
+        norms = gradient_flow(pl_module.model, self._tokens.to(pl_module.device))  # type: ignore[arg-type]
+        self.measurements.append({"step": step, "norms": norms.tolist()})
+        if trainer.logger is not None:
+            ratios = decay_ratios(norms, self.distances)
+            trainer.logger.log_metrics({f"gradflow/{k}": v for k, v in ratios.items()}, step=step)
+            experiment = getattr(trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                curves = {f"step {m['step']}": m["norms"] for m in (self.measurements[0], self.measurements[-1])}
+                title = f"{pl_module.model.cell}: gradient flow through time"  # type: ignore[union-attr]
+                experiment.add_figure("gradflow/curve", plot_flow(curves, title), step)  # closes the figure
+        if self.path is not None:
+            write_json(self.path, self.record(str(pl_module.model.cell)))  # type: ignore[union-attr]
+
+    def record(self, cell: str) -> dict[str, Any]:
+        return {"cell": cell, "length": self.length, "poems": self.poems, "measurements": self.measurements}
+
+    def summary(self) -> dict[str, Any]:
+        """For metrics.json: the decay ratios at initialisation and at the last measurement."""
+        if not self.measurements:
+            return {}
+        first, last = self.measurements[0], self.measurements[-1]
+        return {
+            "length": self.length,
+            "poems": self.poems,
+            "first_step": first["step"],
+            "first": decay_ratios(torch.tensor(first["norms"]), self.distances),
+            "last_step": last["step"],
+            "last": decay_ratios(torch.tensor(last["norms"]), self.distances),
+        }

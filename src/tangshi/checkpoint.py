@@ -10,7 +10,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from tangshi.errors import TangshiError
 from tangshi.model import CharRNN
 from tangshi.module import CHECKPOINT_KEY, build_model
 from tangshi.vocab import Vocab, VocabError
+
+if TYPE_CHECKING:
+    from tangshi.corpus import Prepared
 
 
 class CheckpointError(TangshiError):
@@ -62,3 +65,17 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} does not hold a usable tangshi model: {reason}") from None
     return Loaded(model.to(device).eval(), vocab, hparams, Path(path), int(ckpt.get("global_step", 0)))
+
+
+def prepared_data(loaded: Loaded, data: dict[str, Any] | None, data_dir: str | Path) -> Prepared:
+    """The corpus a checkpoint was trained on (its recorded data settings, or ``data`` when given),
+    prepared from the cache, with the vocabulary checked against the checkpoint's."""
+    from tangshi.corpus import prepare
+    from tangshi.datamodule import PoemDataModule
+
+    data = data or loaded.hparams.get("data")
+    if not data:
+        raise CheckpointError(f"checkpoint {loaded.path} records no data settings; pass data={{source: …, …}}")
+    prepared = prepare(PoemDataModule.from_config(data, data_dir).corpus, data_dir)
+    loaded.vocab.check_matches(prepared.vocab, f"use {loaded.path} with the data in {prepared.path}")
+    return prepared

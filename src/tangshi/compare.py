@@ -17,7 +17,8 @@ from tangshi.atomic import atomic_path, write_text
 from tangshi.errors import TangshiError
 
 CELL_ORDER = ("rnn", "gru", "lstm")
-METRICS = ("best_val_bpc", "test_bpc", "test_ppl", "best_step", "wall_time_s", "tokens_per_s")
+METRICS = ("best_val_bpc", "test_bpc", "test_ppl", "best_step", "wall_time_s", "tokens_per_s", "clip_share")
+POSITION_CLASSES = ("rhyme", "line_start", "other", "punct")
 
 
 @dataclass
@@ -34,6 +35,15 @@ class Run:
     def cell(self) -> str:
         return str(self.metrics.get("cell", "?"))
 
+    @property
+    def lr(self) -> float | None:
+        return self.metrics.get("lr")
+
+    def gradient_flow(self) -> list[dict[str, Any]]:
+        """The run's gradient-flow measurements (``diagnostics/gradient_flow.json``), oldest first."""
+        path = self.path / "diagnostics" / "gradient_flow.json"
+        return json.loads(path.read_text(encoding="utf-8"))["measurements"] if path.exists() else []
+
 
 def find_runs(dirs: list[Path]) -> list[Run]:
     """Every run dir (a folder with ``.hydra/``) under ``dirs``; one without ``metrics.json`` never started."""
@@ -43,8 +53,20 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             run_dir = hydra_dir.parent
             path = run_dir / "metrics.json"
             metrics = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"status": "not started"}
+            metrics.setdefault("lr", _configured_lr(hydra_dir / "config.yaml", metrics.get("cell")))
             runs.append(Run(run_dir, metrics, read_curve(run_dir)))
     return runs
+
+
+def _configured_lr(config: Path, cell: str | None) -> float | None:
+    """The learning rate a run was configured with (metrics.json records it, but not for a crashed run)."""
+    if not config.exists():
+        return None
+    from omegaconf import OmegaConf
+
+    optim = OmegaConf.load(config).get("optim") or {}
+    by_cell = optim.get("lr_by_cell")
+    return by_cell.get(cell) if by_cell else optim.get("lr")
 
 
 def read_curve(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -76,34 +98,78 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def summarise(runs: list[Run]) -> dict[str, Any]:
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Completed runs by cell, or by cell and learning rate where a cell ran at several rates (lr_search)."""
     done = [r for r in runs if r.status == "completed"]
-    by_cell: dict[str, list[Run]] = defaultdict(list)
+    rates: dict[str, set] = defaultdict(set)
     for r in done:
-        by_cell[r.cell].append(r)
-    cells = sorted(by_cell, key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else 9, c))
-    table = {}
-    for cell in cells:
-        rs = by_cell[cell]
+        rates[r.cell].add(r.lr)
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in sorted(done, key=lambda r: (CELL_ORDER.index(r.cell) if r.cell in CELL_ORDER else 9, r.cell, r.lr or 0)):
+        groups[r.cell if len(rates[r.cell]) == 1 else f"{r.cell} lr={r.lr:g}"].append(r)
+    return dict(groups)
+
+
+def _geo_mean(values: list[float]) -> float:
+    """Ratios of gradient norms span orders of magnitude: average them on a log scale."""
+    values = [v for v in values if v > 0]
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else math.nan
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    groups = group_runs(runs)
+    table, positions, flow = {}, {}, {}
+    for name, rs in groups.items():
         col = {key: [float(r.metrics[key]) for r in rs if r.metrics.get(key) is not None] for key in METRICS}
-        table[cell] = {
+        table[name] = {
+            "cell": rs[0].cell,
             "runs": len(rs),
             "seeds": sorted(r.metrics.get("seed") for r in rs),
+            "lr": sorted({r.lr for r in rs if r.lr is not None}),
             "core_params": sorted({r.metrics["params"]["core"] for r in rs}),
             "total_params": sorted({r.metrics["params"]["total"] for r in rs}),
             **{key: _mean_std(values) for key, values in col.items()},
             "values": {"best_val_bpc": col["best_val_bpc"], "test_bpc": col["test_bpc"]},
         }
+        with_pos = [r.metrics["positions"] for r in rs if r.metrics.get("positions")]
+        if with_pos:
+            positions[name] = {
+                c: {m: _mean_std([p[c][m] for p in with_pos]) for m in ("loss", "acc")} for c in POSITION_CLASSES
+            }
+        with_flow = [r.metrics["gradient_flow"] for r in rs if r.metrics.get("gradient_flow")]
+        if with_flow:
+            flow[name] = {
+                when: {k: _geo_mean([f[when].get(k, 0.0) for f in with_flow]) for k in with_flow[0][when]}
+                for when in ("first", "last")
+            }
+            flow[name]["last_step"] = with_flow[0]["last_step"]
+    seeded = [g for g in table if table[g]["runs"] > 1]
     pvalues = {
         f"{a} vs {b}": {k: welch_p(table[a]["values"][k], table[b]["values"][k]) for k in ("best_val_bpc", "test_bpc")}
-        for a, b in combinations(cells, 2)
+        for a, b in combinations(seeded, 2)
     }
     others = [
         {"run": str(r.path), "status": r.status, "error": r.metrics.get("error")}
         for r in runs
         if r.status != "completed"
     ]
-    return {"cells": table, "welch_p": pvalues, "not_completed": others}
+    return {
+        "cells": table,
+        "best_lr": best_lr(table),
+        "welch_p": pvalues,
+        "positions": positions,
+        "gradient_flow": flow,
+        "not_completed": others,
+    }
+
+
+def best_lr(table: dict[str, Any]) -> dict[str, float]:
+    """Per cell that ran at several rates, the rate with the lowest mean best val bpc."""
+    by_cell: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for t in table.values():
+        if len(t["lr"]) == 1 and not math.isnan(t["best_val_bpc"][0]):
+            by_cell[t["cell"]].append((t["best_val_bpc"][0], t["lr"][0]))
+    return {cell: min(scores)[1] for cell, scores in by_cell.items() if len(scores) > 1}
 
 
 def _fmt(ms: tuple[float, float], digits: int = 3) -> str:
@@ -115,22 +181,58 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     lines = [
         "# Cell comparison",
         "",
-        "| cell | runs | core params | total params | best val bpc | test bpc | test ppl | step of best "
-        "| wall time (s) | tokens/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cell | runs | lr | core params | total params | best val bpc | test bpc | test ppl | step of best "
+        "| wall time (s) | tokens/s | clipped steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for cell, t in summary["cells"].items():
+    for name, t in summary["cells"].items():
         lines.append(
-            f"| {cell} | {t['runs']} | {', '.join(f'{p:,}' for p in t['core_params'])} | "
-            f"{', '.join(f'{p:,}' for p in t['total_params'])} | {_fmt(t['best_val_bpc'])} | {_fmt(t['test_bpc'])} | "
-            f"{_fmt(t['test_ppl'], 1)} | {_fmt(t['best_step'], 0)} | {_fmt(t['wall_time_s'], 0)} | "
-            f"{_fmt(t['tokens_per_s'], 0)} |"
+            f"| {name} | {t['runs']} | {', '.join(f'{v:g}' for v in t['lr'])} | "
+            f"{', '.join(f'{p:,}' for p in t['core_params'])} | {', '.join(f'{p:,}' for p in t['total_params'])} | "
+            f"{_fmt(t['best_val_bpc'])} | {_fmt(t['test_bpc'])} | {_fmt(t['test_ppl'], 1)} | "
+            f"{_fmt(t['best_step'], 0)} | {_fmt(t['wall_time_s'], 0)} | {_fmt(t['tokens_per_s'], 0)} | "
+            f"{_fmt(t['clip_share'], 2)} |"
         )
-    lines += ["", "Mean ± standard deviation over seeds. Welch's t-test, two-sided p-values:", ""]
-    lines += ["| pair | best val bpc | test bpc |", "| --- | ---: | ---: |"]
-    for pair, p in summary["welch_p"].items():
-        fmt = lambda v: "n/a (< 2 runs)" if math.isnan(v) else f"{v:.3g}"  # noqa: E731
-        lines.append(f"| {pair} | {fmt(p['best_val_bpc'])} | {fmt(p['test_bpc'])} |")
+    lines += ["", "Mean ± standard deviation over seeds; clipped steps: share of steps whose gradient was clipped."]
+    if summary["best_lr"]:
+        rates = ", ".join(f"{c}: {lr:g}" for c, lr in summary["best_lr"].items())
+        lines += [
+            "",
+            f"Best learning rate per cell (lowest mean best val bpc): {rates}. To compare the cells each at its own",
+            f'rate: `optim.lr_by_cell="{{{rates}}}"`.',
+        ]
+    if summary["welch_p"]:
+        lines += ["", "Welch's t-test, two-sided p-values:", ""]
+        lines += ["| pair | best val bpc | test bpc |", "| --- | ---: | ---: |"]
+        for pair, p in summary["welch_p"].items():
+            fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.3g}"  # noqa: E731
+            lines.append(f"| {pair} | {fmt(p['best_val_bpc'])} | {fmt(p['test_bpc'])} |")
+    if summary["positions"]:
+        lines += [
+            "",
+            "Loss (nats) and top-1 accuracy by position, regular-verse validation poems, best checkpoint. Rhyme: last",
+            "character of every even line; line start: first character of lines 2 onwards.",
+            "",
+            "| cell | " + " | ".join(f"{c} loss | {c} acc" for c in POSITION_CLASSES) + " |",
+            "| --- |" + " ---: | ---: |" * len(POSITION_CLASSES),
+        ]
+        for name, pos in summary["positions"].items():
+            cells = [f"{_fmt(pos[c]['loss'], 2)} | {_fmt(pos[c]['acc'], 2)}" for c in POSITION_CLASSES]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if summary["gradient_flow"]:
+        keys = sorted({k for f in summary["gradient_flow"].values() for k in f["first"]})
+        lines += [
+            "",
+            "Gradient flow through time: ‖∂L/∂h(T−1−k)‖ / ‖∂L/∂h(T−1)‖, the share of the gradient of the last",
+            "position's loss that reaches k characters back (geometric mean over seeds), at initialisation and at",
+            "the end of training.",
+            "",
+            "| cell | " + " | ".join(f"{k} init | {k} end" for k in keys) + " |",
+            "| --- |" + " ---: | ---: |" * len(keys),
+        ]
+        for name, f in summary["gradient_flow"].items():
+            cells = [f"{f['first'].get(k, math.nan):.2e} | {f['last'].get(k, math.nan):.2e}" for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["not_completed"]:
         lines += ["", "Runs not in the table (crashed, unfinished or never started):", ""]
         lines += [
@@ -141,36 +243,93 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(runs: list[Run], out_dir: Path) -> list[str]:
-    """val bpc against step and against wall time: the mean over seeds per cell, with a min–max band."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    with atomic_path(out_dir / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    _pyplot().close(fig)
+    return name
+
+
+def plot_curves(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
+    """val bpc against step and against wall time: the mean over seeds per cell, with a min–max band."""
+    plt = _pyplot()
     names = []
     for x_index, x_label, name in ((0, "step", "val_bpc_vs_step.png"), (1, "seconds", "val_bpc_vs_time.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        by_cell: dict[str, list[Run]] = defaultdict(list)
-        for r in runs:
-            if r.status == "completed" and r.curve:
-                by_cell[r.cell].append(r)
-        for cell, rs in sorted(by_cell.items()):
+        for label, all_runs in groups.items():
+            rs = [r for r in all_runs if r.curve]
+            if not rs:
+                continue
             n = min(len(r.curve) for r in rs)  # runs stopped by a time budget may have fewer points
             xs = [statistics.fmean(r.curve[i][x_index] for r in rs) for i in range(n)]
             ys = [[r.curve[i][2] for r in rs] for i in range(n)]
-            ax.plot(xs, [statistics.fmean(y) for y in ys], label=f"{cell} ({len(rs)} runs)")
+            ax.plot(xs, [statistics.fmean(y) for y in ys], label=f"{label} ({len(rs)} runs)")
             ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.2)
         ax.set_xlabel(x_label)
         ax.set_ylabel("validation bits per character")
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
-        names.append(name)
+        names.append(_save(fig, out_dir, name))
     return names
+
+
+def plot_gradient_flow(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
+    """Each cell's gradient-decay curve (geometric mean over seeds), at initialisation and after training."""
+    flows = {label: [m for m in (r.gradient_flow() for r in rs) if m] for label, rs in groups.items()}
+    flows = {label: ms for label, ms in flows.items() if ms}
+    if not flows:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, index, when in ((axes[0], 0, "at initialisation"), (axes[1], -1, "after training")):
+        for i, (label, measurements) in enumerate(flows.items()):
+            per_run = [ms[index]["norms"] for ms in measurements]
+            for layer in range(len(per_run[0])):
+                curve = [
+                    _geo_mean([norms[layer][k] / norms[layer][0] for norms in per_run if norms[layer][0] > 0])
+                    for k in range(min(len(norms[layer]) for norms in per_run))
+                ]
+                style = ("-", "--", ":")[layer % 3]
+                ax.plot(curve, style, color=f"C{i}", label=f"{label}" + (f", layer {layer}" if layer else ""))
+        step = statistics.fmean(ms[index]["step"] for ms in next(iter(flows.values())))
+        ax.set_title(f"{when} (step {step:.0f})")
+        ax.set_yscale("log")
+        ax.set_xlabel("distance k back from the scored character")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("‖∂L/∂h(T−1−k)‖ / ‖∂L/∂h(T−1)‖")
+    axes[1].legend(fontsize=8)
+    return [_save(fig, out_dir, "gradient_flow.png")]
+
+
+def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
+    """Validation loss at each character position of a poem, mean over seeds per cell."""
+    curves = {
+        label: [r.metrics["loss_by_position"] for r in rs if r.metrics.get("loss_by_position")]
+        for label, rs in groups.items()
+    }
+    curves = {label: cs for label, cs in curves.items() if cs}
+    if not curves:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, cs in curves.items():
+        n = min(len(c) for c in cs)
+        ax.plot(range(1, n + 1), [statistics.fmean(c[i] for c in cs) for i in range(n)], label=label)
+    ax.set_xlabel("position in the poem (characters; punctuation included; last: <eos>)")
+    ax.set_ylabel("validation loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return [_save(fig, out_dir, "loss_by_position.png")]
 
 
 def compare(dirs: list[Path]) -> tuple[dict[str, Any], Path]:
@@ -180,7 +339,8 @@ def compare(dirs: list[Path]) -> tuple[dict[str, Any], Path]:
         raise TangshiError(f"no runs (folders with .hydra/) under {', '.join(map(str, dirs))}")
     summary = summarise(runs)
     out = Path(dirs[0])
-    plots = plot_curves(runs, out)
+    groups = group_runs(runs)
+    plots = [*plot_curves(groups, out), *plot_gradient_flow(groups, out), *plot_loss_by_position(groups, out)]
     write_text(out / "report.md", to_markdown(summary, plots))
     write_text(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary, out / "report.md"

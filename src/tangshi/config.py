@@ -37,3 +37,22 @@ def quote_non_ascii(argv: list[str]) -> list[str]:
             value = ",".join("'" + v.replace("'", "\\'") + "'" for v in value.split(","))
         out.append(key + sep + value)
     return out
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once: ``n_jobs`` of the joblib launcher, else 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return n if n > 0 else os.cpu_count() or 1  # joblib's -1: one job per core
+
+
+def default_threads() -> int:
+    """Torch threads for one job: the cores shared among the jobs running at once (oversubscribed cores
+    make every job several times slower than an idle core would)."""
+    return max(1, (os.cpu_count() or 1) // parallel_jobs())

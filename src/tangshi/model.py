@@ -33,6 +33,7 @@ def check_config(
     num_layers: int = 1,
     dropout: float = 0.0,
     tie_weights: bool = False,
+    out_dim: int | None = None,
     **_: object,
 ) -> None:
     """Raise one clear ValueError for a model setting CharRNN cannot build (cheap: call before heavy work)."""
@@ -47,6 +48,10 @@ def check_config(
         ("num_layers", num_layers),
     ):
         require_positive_int(f"model.{name}", value)
+    if out_dim is not None:
+        require_positive_int("model.out_dim", out_dim)
+        if tie_weights and out_dim != embed_dim:
+            raise TangshiError(f"model.tie_weights=true needs model.out_dim=null or {embed_dim} (the embed_dim)")
     if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise TangshiError(f"model.dropout must be in [0, 1), got {dropout!r}")
     if tie_weights and head != "full":
@@ -69,6 +74,7 @@ class CharRNN(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.2,
         tie_weights: bool = False,
+        out_dim: int | None = None,
         head: str = "full",
         adaptive_cutoffs: Sequence[int] = (1000, 3000),
         unigram_counts: Sequence[int] | None = None,
@@ -83,6 +89,7 @@ class CharRNN(nn.Module):
             num_layers=num_layers,
             dropout=dropout,
             tie_weights=tie_weights,
+            out_dim=out_dim,
         )
         self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
 
@@ -92,11 +99,10 @@ class CharRNN(nn.Module):
             embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0, **extra
         )
         self.drop = nn.Dropout(dropout)
-        out_dim = hidden_size
-        # Tying needs features in embedding space; a projection gets them there when the sizes differ.
-        self.proj = nn.Linear(hidden_size, embed_dim) if tie_weights and hidden_size != embed_dim else None
-        if self.proj is not None:
-            out_dim = embed_dim
+        # A projection to out_dim features makes the softmax the same for every hidden size (cells compared at
+        # equal core parameters have different hidden sizes); tying needs features in embedding space.
+        out_dim = out_dim or (embed_dim if tie_weights else hidden_size)
+        self.proj = nn.Linear(hidden_size, out_dim) if out_dim != hidden_size else None
         if head == "full":
             self.decoder: nn.Module = nn.Linear(out_dim, vocab_size)
             if tie_weights:
@@ -176,7 +182,8 @@ class CharRNN(nn.Module):
         return {
             "core": count(self.core),
             "embedding": count(self.embed),
-            "head": total - count(self.core) - count(self.embed),
+            "projection": count(self.proj),
+            "head": total - count(self.core) - count(self.embed) - count(self.proj),
             "total": total,
         }
 

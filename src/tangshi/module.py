@@ -41,6 +41,18 @@ def check_optim(optim: dict[str, Any]) -> None:
         raise TangshiError(f"optim.lr must be a positive number, got {lr!r}")
 
 
+def resolve_lr(optim: dict[str, Any], cell: str) -> dict[str, Any]:
+    """The optimiser settings with ``lr`` taken from ``lr_by_cell[cell]`` when that mapping is set."""
+    optim = dict(optim)
+    by_cell = optim.pop("lr_by_cell", None)
+    if by_cell:
+        if cell not in by_cell:
+            raise TangshiError(f"optim.lr_by_cell has no rate for cell {cell!r}; it has: {', '.join(by_cell)}")
+        optim["lr"] = by_cell[cell]
+    check_optim(optim)
+    return optim
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up, then cosine decay to ``min_ratio`` of the peak at ``total`` steps."""
     if step < warmup:
@@ -64,7 +76,8 @@ class PoemLM(L.LightningModule):
         super().__init__()
         # Plain containers only: a DictConfig in a checkpoint fails torch's weights_only load. The
         # vocabulary is large, so it is kept out of hparams.yaml and stored by on_save_checkpoint instead.
-        self.save_hyperparameters(ignore=["vocab"])
+        # logger=False: train() logs one TensorBoard hparams entry per run, with its final metrics.
+        self.save_hyperparameters(ignore=["vocab"], logger=False)
         check_optim(optim)
         self.vocab = Vocab.from_dict(vocab)
         self.model = build_model(model, self.vocab)
@@ -76,6 +89,8 @@ class PoemLM(L.LightningModule):
         self.train_seconds = 0.0
         self.timed_tokens = 0
         self._clock_tokens = 0
+        # Gradient-norm statistics over all steps, kept as tensors so a GPU never waits on them.
+        self.grad_stats: dict[str, Tensor] = {}
 
     def on_fit_start(self) -> None:
         # Parameter counts as scalars, so TensorBoard and reports can set cells side by side at equal budgets.
@@ -126,8 +141,26 @@ class PoemLM(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm: spikes here are exploding gradients.
         norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True)
+        if not norms:
+            return
+        norm = torch.linalg.vector_norm(torch.stack(norms)).float()
+        self.log("train/grad_norm", norm, on_step=True)
+        clip = self.trainer.gradient_clip_val
+        stats = {k: self.grad_stats.get(k, torch.zeros(())).to(norm.device) for k in ("steps", "clipped", "sum", "max")}
+        stats["steps"] += 1
+        stats["clipped"] += (norm > clip).float() if clip else 0.0
+        stats["sum"] += norm
+        stats["max"] = torch.maximum(stats["max"], norm)
+        self.grad_stats = stats
+        self.log("train/clip_share", stats["clipped"] / stats["steps"], on_step=True)
+
+    def grad_summary(self) -> dict[str, float]:
+        """Mean and largest gradient norm before clipping, and the share of steps that clipping changed."""
+        s = {k: float(v) for k, v in self.grad_stats.items()}
+        if not s.get("steps"):
+            return {}
+        steps = s["steps"]
+        return {"grad_norm_mean": s["sum"] / steps, "grad_norm_max": s["max"], "clip_share": s["clipped"] / steps}
 
     def _eval_step(self, split: str, batch: dict[str, Tensor]) -> None:
         loss, count = self._step(batch)
@@ -198,6 +231,7 @@ class PoemLM(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "vocab": self.vocab.to_dict(),
             "torch_rng": torch.get_rng_state(),
+            "grad_stats": {k: v.cpu() for k, v in self.grad_stats.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -208,3 +242,4 @@ class PoemLM(L.LightningModule):
         rng = checkpoint[CHECKPOINT_KEY].get("torch_rng")
         if rng is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(rng)
+            self.grad_stats = dict(checkpoint[CHECKPOINT_KEY].get("grad_stats", {}))

@@ -19,11 +19,13 @@ from omegaconf import DictConfig
 
 from tangshi import checkpoint
 from tangshi.atomic import write_json, write_text
-from tangshi.config import plain
+from tangshi.callbacks import GradientFlow
+from tangshi.config import default_threads, plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
+from tangshi.diagnostics import position_losses
 from tangshi.model import bits, check_config, resolve_budget
-from tangshi.module import PoemLM, check_optim
+from tangshi.module import PoemLM, resolve_lr
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,11 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
     model_cfg = resolve_budget(plain(cfg.model))
-    check_optim(plain(cfg.optim))
+    optim = resolve_lr(plain(cfg.optim), model_cfg["cell"])
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    threads = cfg.get("torch_threads") or default_threads()
+    torch.set_num_threads(int(threads))
 
     L.seed_everything(cfg.seed, workers=True)
     trainer: L.Trainer = instantiate(
@@ -65,7 +67,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         datamodule.setup("fit")
         module = PoemLM(
             model=model_cfg,
-            optim=plain(cfg.optim),
+            optim=optim,
             vocab=datamodule.vocab.to_dict(),
             samples=plain(cfg.samples),
             data=plain(cfg.data),
@@ -73,6 +75,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         )
         summary["params"] = module.model.param_counts()
         summary["hidden_size"] = model_cfg["hidden_size"]
+        summary["lr"] = optim["lr"]
         summary["vocab_size"] = len(datamodule.vocab)
         summary["data"] = datamodule.prepared.meta["counts"]  # type: ignore[union-attr]
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
@@ -89,7 +92,11 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             tokens_seen=module.tokens_seen,
             tokens_per_s=throughput,
             train_time_s=module.train_seconds,
+            **module.grad_summary(),
         )
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, GradientFlow) and cb.measurements:
+                summary["gradient_flow"] = cb.summary()
         if best:
             score = float(ckpt_cb.best_model_score)  # type: ignore[union-attr, arg-type]
             summary.update(best_checkpoint=best, best_val_loss=score, best_val_bpc=bits(score))
@@ -101,11 +108,17 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if best and trainer.is_global_zero:
             loaded = checkpoint.load(best)
             summary["best_step"] = loaded.step
+            if cfg.get("position_losses", True):  # rhyme positions vs the rest, on the validation split
+                val = datamodule.prepared.splits["val"]  # type: ignore[union-attr]
+                positions = position_losses(loaded.model, loaded.vocab, val)
+                summary["positions"] = positions["classes"]
+                summary["loss_by_position"] = positions["by_position"]["loss"]
             if cfg.get("final_samples", 0):
                 final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
                 summary["samples"] = sample(loaded.model, loaded.vocab, final)
                 write_text(run_dir / "samples.txt", "".join(p + "\n" for p in summary["samples"]))
         summary["status"] = "completed"
+        log_hparams(trainer, cfg, summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise
@@ -114,3 +127,28 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if trainer.is_global_zero:
             write_json(metrics_path, summary)
     return summary
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, summary: dict[str, Any]) -> None:
+    """One TensorBoard hparams entry per run: what differs between runs of a sweep, and how each ended."""
+    logger = trainer.logger
+    if logger is None or not trainer.is_global_zero or not hasattr(logger, "log_hyperparams"):
+        return
+    params = {
+        "cell": cfg.model.cell,
+        "seed": cfg.seed,
+        "hidden_size": summary.get("hidden_size"),
+        "num_layers": cfg.model.num_layers,
+        "core_params": summary.get("params", {}).get("core"),
+        "lr": summary.get("lr"),
+        "head": cfg.model.head,
+        "batch_size": cfg.data.batch_size,
+        "max_steps": cfg.trainer.max_steps,
+    }
+    metrics = {
+        f"hparams/{k}": summary[k] for k in ("best_val_bpc", "test_bpc", "test_ppl", "clip_share") if k in summary
+    }
+    rhyme = summary.get("positions", {}).get("rhyme")
+    if rhyme:
+        metrics.update({"hparams/rhyme_loss": rhyme["loss"], "hparams/rhyme_acc": rhyme["acc"]})
+    logger.log_hyperparams(params, metrics)

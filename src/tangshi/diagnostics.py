@@ -1,0 +1,334 @@
+"""Why gates help, measured: gradient flow through time, and how well each position of a poem is predicted.
+
+* :func:`gradient_flow`: for fixed validation poems cut to ``T`` tokens, the norm of ∂(loss at the last
+  position)/∂h_t for every layer's hidden state h_t, against the distance k = T-1-t. If gradients vanish,
+  this falls geometrically in k and nothing far back can be learnt; gating should keep it up.
+* :func:`position_losses`: loss and top-1 accuracy on rhyme positions (the last character of every even
+  line, bound by rhyme to line 2's, 10–40 characters back), on line starts, on other characters and on
+  punctuation, and the loss at every position of the poem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tangshi.atomic import atomic_path, write_json, write_text
+from tangshi.datamodule import PoemDataset, collate
+from tangshi.errors import TangshiError
+from tangshi.model import CharRNN
+from tangshi.poetics import LINE_PUNCT, detect_form
+from tangshi.vocab import Vocab
+
+DISTANCES = (10, 20, 40)  # the k whose ratio g(k) / g(0) goes to TensorBoard and metrics.json
+CLASSES = ("rhyme", "line_start", "other", "punct")
+
+
+# -- gradient flow through time ---------------------------------------------------------------------------
+
+
+def probe_batch(bodies: Sequence[str], vocab: Vocab, length: int = 48, poems: int = 64) -> Tensor:
+    """``(n, length + 1)`` tokens: the first ``poems`` of ``bodies`` with at least ``length + 1`` tokens
+    (``<bos>`` and ``<eos>`` counted), cut to that length, so no padding enters the measurement."""
+    rows = []
+    for body in bodies:
+        ids = vocab.encode(body)
+        if len(ids) > length:
+            rows.append(ids[: length + 1])
+            if len(rows) == poems:
+                break
+    if not rows:
+        longest = max((len(b) + 2 for b in bodies), default=0)
+        raise TangshiError(f"no poem has {length + 1} tokens (longest: {longest}); lower the probe length")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+# the step-by-step cell of each fused module: same weights, same gate order
+STEP_CELLS: dict[type[nn.RNNBase], type[nn.RNNCellBase]] = {
+    nn.RNN: nn.RNNCell,
+    nn.LSTM: nn.LSTMCell,
+    nn.GRU: nn.GRUCell,
+}
+
+
+def unroll(model: CharRNN, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
+    """The core run one step and one layer at a time, dropout off: top-layer features ``(B, T, H)`` and, per
+    layer and step, the state tensors (``[h]``, or ``[h, c]`` for an LSTM).
+
+    The fused core hides its recurrence from autograd, so ∂L/∂h_t cannot be read off its output. The
+    step cells (nn.RNNCell, nn.LSTMCell, nn.GRUCell) share the fused modules' parameterisation and gate
+    order, so copying the weights reproduces the model exactly, with every h_t a node of the graph.
+    """
+    core = model.core
+    extra = {"nonlinearity": core.nonlinearity} if isinstance(core, nn.RNN) else {}
+    x = model.embed(inputs)
+    cells = []
+    for layer in range(core.num_layers):
+        size = x.shape[-1] if layer == 0 else core.hidden_size
+        cell = STEP_CELLS[type(core)](size, core.hidden_size, bias=core.bias, **extra).to(x.device, x.dtype)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[: 4 if core.bias else 2]:
+                getattr(cell, name).copy_(getattr(core, f"{name}_l{layer}"))
+        cells.append(cell)
+    state: list[Any] = [None] * len(cells)
+    states: list[list[Tensor]] = [[] for _ in cells]
+    top = []
+    for t in range(x.shape[1]):
+        h = x[:, t]
+        for layer, cell in enumerate(cells):
+            state[layer] = cell(h, state[layer])
+            h = state[layer][0] if isinstance(state[layer], tuple) else state[layer]
+            states[layer].append(list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]])
+        top.append(h)
+    return torch.stack(top, dim=1), states
+
+
+def gradient_flow(model: CharRNN, tokens: Tensor) -> Tensor:
+    """``(layers, T)``: g_l(k), the mean over poems of ‖∂L/∂s^l_{T-1-k}‖, L the NLL of the last target and
+    s^l_t layer l's state at step t (h_t; for an LSTM h_t and c_t together).
+
+    ``tokens`` ``(B, T + 1)`` holds whole (unpadded) sequences. The loss of each poem depends only on its own
+    states, so one backward pass gives every poem's gradient. Parameter gradients are not touched.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    # inference_mode(False)/enable_grad: callable from any Lightning hook; autocast off: norms in float32.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
+        top, states = unroll(model, inputs.clone())
+        feats = model.proj(top[:, -1:]) if model.proj is not None else top[:, -1:]
+        log_p = model.log_probs(feats)
+        loss = -log_p.gather(-1, targets[:, -1:, None]).sum()
+        flat = [s for layer in states for step in layer for s in step]
+        grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+    norms = torch.zeros(len(states), inputs.shape[1])
+    for layer, steps in enumerate(states):
+        for t, step in enumerate(steps):
+            g = [next(grads) for _ in step]
+            sq = sum((x.float() ** 2).sum(-1) for x in g if x is not None)
+            norms[layer, t] = torch.as_tensor(sq).sqrt().mean()
+    return norms.flip(-1)  # index k = T-1-t: distance back from the scored position
+
+
+def decay_ratios(norms: Tensor, distances: Sequence[int] = DISTANCES) -> dict[str, float]:
+    """``{"layer{l}_k{k}": g_l(k) / g_l(0)}`` for the distances that fit: how much gradient survives k steps."""
+    out = {}
+    for layer, g in enumerate(norms.tolist()):
+        for k in distances:
+            if k < len(g) and g[0] > 0:
+                out[f"layer{layer}_k{k}"] = g[k] / g[0]
+    return out
+
+
+def plot_flow(curves: dict[str, list[list[float]]], title: str) -> Any:
+    """A matplotlib figure: g(k) / g(0) on a log axis, one line per ``label -> [per-layer curves]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = ("-", "--", ":", "-.")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, layers) in enumerate(curves.items()):
+        for layer, g in enumerate(layers):
+            if g and g[0] > 0:
+                ratio = [max(v / g[0], 1e-30) for v in g]
+                ax.plot(ratio, styles[layer % 4], color=colors[i % len(colors)], label=f"{label}, layer {layer}")
+    ax.set_yscale("log")
+    ax.set_xlabel("distance k back from the scored position (characters)")
+    ax.set_ylabel("‖∂L/∂h(T-1-k)‖ / ‖∂L/∂h(T-1)‖")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# -- loss by kind of position -----------------------------------------------------------------------------
+
+
+def position_classes(body: str) -> list[int]:
+    """For each target of ``body + <eos>``, its index in CLASSES.
+
+    rhyme: the last character of lines 2, 4, 6, 8; line_start: the first character of every line but the
+    first; punct: punctuation and ``<eos>``; other: every other character.
+    """
+    classes = []
+    line, start = 0, True
+    for i, ch in enumerate(body):
+        if ch in LINE_PUNCT:
+            classes.append(CLASSES.index("punct"))
+            line, start = line + 1, True
+            continue
+        if i + 1 < len(body) and body[i + 1] in LINE_PUNCT and line % 2 == 1:
+            classes.append(CLASSES.index("rhyme"))
+        elif start and line > 0:
+            classes.append(CLASSES.index("line_start"))
+        else:
+            classes.append(CLASSES.index("other"))
+        start = False
+    return [*classes, CLASSES.index("punct")]  # <eos>
+
+
+@torch.no_grad()
+def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_size: int = 64) -> dict[str, Any]:
+    """Loss (nats) and top-1 accuracy per kind of position, over the regular-verse poems among ``bodies``,
+    and the mean loss at every target position (0 = the first character)."""
+    poems = [b for b in bodies if detect_form(b)]
+    if not poems:
+        raise TangshiError("no regular-verse poem (绝句 or 律诗) to measure rhyme positions on")
+    model = model.eval()
+    device = next(model.parameters()).device
+    ds = PoemDataset(poems, vocab)
+    order = sorted(range(len(poems)), key=ds.lengths.__getitem__)
+    n_cls = len(CLASSES)
+    width = max(ds.lengths) - 1
+    loss_sum, correct, count = torch.zeros(n_cls), torch.zeros(n_cls), torch.zeros(n_cls)
+    pos_sum, pos_count = torch.zeros(width), torch.zeros(width)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        batch = collate([ds[j] for j in idx])
+        targets = batch["targets"]
+        classes = torch.full_like(targets, -1)
+        for row, j in enumerate(idx):
+            c = position_classes(poems[j])
+            classes[row, : len(c)] = torch.tensor(c)
+        feats, _ = model(batch["inputs"].to(device))
+        log_p = model.log_probs(feats).cpu()
+        keep = classes >= 0
+        nll = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        hit = (log_p.argmax(-1) == targets).float()
+        for c in range(n_cls):
+            m = classes == c
+            loss_sum[c] += nll[m].sum()
+            correct[c] += hit[m].sum()
+            count[c] += m.sum()
+        t = targets.shape[1]
+        pos_sum[:t] += (nll * keep).sum(0)
+        pos_count[:t] += keep.sum(0)
+    return {
+        "poems": len(poems),
+        "classes": {
+            name: {
+                "loss": float(loss_sum[c] / count[c]) if count[c] else math.nan,
+                "acc": float(correct[c] / count[c]) if count[c] else math.nan,
+                "tokens": int(count[c]),
+            }
+            for c, name in enumerate(CLASSES)
+        },
+        "by_position": {
+            "loss": [float(s / n) if n else math.nan for s, n in zip(pos_sum, pos_count, strict=True)],
+            "tokens": [int(n) for n in pos_count],
+        },
+    }
+
+
+# -- one checkpoint, everything ---------------------------------------------------------------------------
+
+
+def diagnose(model: CharRNN, vocab: Vocab, bodies: Sequence[str], length: int = 48, poems: int = 64) -> dict[str, Any]:
+    """Gradient flow and position losses of one model on ``bodies`` (a validation split)."""
+    device = next(model.parameters()).device
+    norms = gradient_flow(model, probe_batch(bodies, vocab, length, poems).to(device))
+    return {
+        "cell": model.cell,
+        "gradient_flow": {"length": length, "poems": poems, "norms": norms.tolist(), "ratios": decay_ratios(norms)},
+        "positions": position_losses(model, vocab, bodies),
+    }
+
+
+def to_markdown(result: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+    flow, pos = result["gradient_flow"], result["positions"]
+    lines = [
+        f"# Diagnostics: {result['cell']}" + (f", step {result['step']}" if "step" in result else ""),
+        "",
+        f"Gradient flow through time ({flow['poems']} validation poems cut to {flow['length']} characters):",
+        "‖∂L/∂h(T−1−k)‖ / ‖∂L/∂h(T−1)‖, the share of the last position's gradient that reaches k characters back.",
+        "",
+        "| layer | " + " | ".join(f"k={k}" for k in (1, 5, *DISTANCES)) + " |",
+        "| --- |" + " ---: |" * (2 + len(DISTANCES)),
+    ]
+    for layer, g in enumerate(flow["norms"]):
+        cells = [f"{g[k] / g[0]:.2e}" if k < len(g) and g[0] > 0 else "–" for k in (1, 5, *DISTANCES)]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if history:
+        key = f"layer{len(flow['norms']) - 1}_k20"
+        lines += ["", f"During training ({key}, top layer):", ""]
+        for m in history:
+            ratio = decay_ratios(torch.tensor(m["norms"])).get(key, math.nan)
+            lines.append(f"- step {m['step']}: {ratio:.2e}")
+    lines += [
+        "",
+        f"Loss by position ({pos['poems']} regular-verse validation poems):",
+        "",
+        "| position | tokens | loss (nats) | top-1 accuracy |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, c in pos["classes"].items():
+        lines.append(f"| {name} | {c['tokens']} | {c['loss']:.3f} | {c['acc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_history(history: list[dict[str, Any]], title: str) -> Any:
+    """g(k)/g(0) of the top layer at every measurement of a run, darker = later."""
+    curves = {f"step {m['step']}": [m["norms"][-1]] for m in history}
+    fig = plot_flow(curves, title)
+    ax = fig.axes[0]
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("viridis")
+    for i, line in enumerate(ax.get_lines()):
+        line.set_color(cmap(i / max(1, len(history) - 1)))
+    if len(history) > 8:  # a legend of every step is unreadable: keep the first and the last
+        handles = ax.get_lines()
+        ax.legend([handles[0], handles[-1]], [f"step {history[0]['step']}", f"step {history[-1]['step']}"])
+    else:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_position_loss(by_position: dict[str, list], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    loss = by_position["loss"]
+    ax.plot(range(1, len(loss) + 1), loss)
+    ax.set_xlabel("position in the poem (characters; punctuation included)")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The gradient-flow measurements a training run kept (``<run>/diagnostics/gradient_flow.json``)."""
+    return json.loads(path.read_text(encoding="utf-8"))["measurements"] if path.exists() else []
+
+
+def write_report(result: dict[str, Any], history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """diagnose.json, diagnose.md and the figures, into ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    written = [out_dir / "diagnose.json", out_dir / "diagnose.md"]
+    write_json(written[0], result)
+    write_text(written[1], to_markdown(result, history))
+    cell, step = result["cell"], result.get("step", "?")
+    figures = {"diagnose_gradient_flow.png": plot_flow({f"step {step}": result["gradient_flow"]["norms"]}, cell)}
+    figures["diagnose_loss_by_position.png"] = plot_position_loss(result["positions"]["by_position"], cell)
+    if history:
+        figures["gradient_flow_history.png"] = plot_history(history, f"{cell}: gradient flow during training")
+    for name, fig in figures.items():
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written
