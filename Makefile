@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv train sample test test-slow lint format clean
+.PHONY: venv train sample bench test test-slow lint format clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ train: venv
 # make sample CKPT=outputs/train/runs/<run>/checkpoints/best.ckpt ARGS="begin=春 n=5"
 sample: venv
 	$(PY) scripts/sample.py ckpt=$(CKPT) $(ARGS)
+
+# training, sampling and start-up speed and the options that trade it (~10 min on 2 cores) → outputs/bench/
+bench: venv
+	$(PY) scripts/bench.py $(ARGS)
 
 test: venv
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -74,6 +75,7 @@ class GradientFlow(L.Callback):
         self.every, self.length, self.poems, self.distances = every_n_steps, length, poems, tuple(distances)
         self.measurements: list[dict[str, Any]] = []
         self._tokens: Tensor | None = None
+        self._start: tuple[int, Any] | None = None  # (step, copy of the weights) awaiting measurement
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -87,7 +89,10 @@ class GradientFlow(L.Callback):
         if self.path is not None and self.path.exists():  # resumed: keep what was measured before this step
             saved = json.loads(self.path.read_text(encoding="utf-8"))["measurements"]
             self.measurements = [m for m in saved if m["step"] <= trainer.global_step]
-        self._measure(trainer, pl_module)
+        if not self.measurements or self.measurements[-1]["step"] < trainer.global_step:
+            # Measured later, not now: a copy of these weights is cheap, while the measurement (and the first
+            # figure's matplotlib import) would delay the first training step.
+            self._start = (trainer.global_step, copy.deepcopy(pl_module.model))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every == 0:
@@ -97,10 +102,17 @@ class GradientFlow(L.Callback):
         self._measure(trainer, pl_module)  # the final weights, whatever step the run stopped at
 
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = trainer.global_step
-        if self._tokens is None or (self.measurements and self.measurements[-1]["step"] == step):
+        if self._tokens is None:
             return
-        norms = gradient_flow(pl_module.model, self._tokens.to(pl_module.device))  # type: ignore[arg-type]
+        if self._start is not None:
+            step, model = self._start
+            self._start = None
+            self._record(trainer, model, step, self._tokens)
+        if not self.measurements or self.measurements[-1]["step"] != trainer.global_step:
+            self._record(trainer, pl_module.model, trainer.global_step, self._tokens)  # type: ignore[arg-type]
+
+    def _record(self, trainer: L.Trainer, model: Any, step: int, tokens: Tensor) -> None:
+        norms = gradient_flow(model, tokens.to(next(model.parameters()).device))
         self.measurements.append({"step": step, "norms": norms.tolist()})
         if trainer.logger is not None:
             ratios = decay_ratios(norms, self.distances)
@@ -108,10 +120,10 @@ class GradientFlow(L.Callback):
             experiment = getattr(trainer.logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 curves = {f"step {m['step']}": m["norms"] for m in (self.measurements[0], self.measurements[-1])}
-                title = f"{pl_module.model.cell}: gradient flow through time"  # type: ignore[union-attr]
+                title = f"{model.cell}: gradient flow through time"
                 experiment.add_figure("gradflow/curve", plot_flow(curves, title), step)  # closes the figure
         if self.path is not None:
-            write_json(self.path, self.record(str(pl_module.model.cell)))  # type: ignore[union-attr]
+            write_json(self.path, self.record(str(model.cell)))
 
     def record(self, cell: str) -> dict[str, Any]:
         return {"cell": cell, "length": self.length, "poems": self.poems, "measurements": self.measurements}

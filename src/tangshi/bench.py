@@ -1,0 +1,578 @@
+"""Benchmarks: where training time goes, how close it runs to the hardware, and which options pay.
+
+The machines this runs on are shared and noisy, so each comparison is a ratio of measurements taken in
+the same process on the same batches, alternating the two sides (``reps`` rounds) and keeping the median.
+Throughput counts real tokens only (not padding), from the first step after ``warmup`` to the end of the last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.data import DataLoader
+
+from tangshi import decoding
+from tangshi.corpus import CorpusConfig, Prepared, prepare
+from tangshi.datamodule import BucketBatchSampler, PoemDataset, collate
+from tangshi.diagnostics import gradient_flow, position_losses, probe_batch
+from tangshi.errors import TangshiError
+from tangshi.model import GATES, IGNORE_INDEX, CharRNN
+from tangshi.module import PoemLM, build_model
+from tangshi.vocab import Vocab
+
+Batch = dict[str, Tensor]
+
+
+# -- batches and FLOPs ------------------------------------------------------------------------------------
+
+
+def make_batches(ds: PoemDataset, batch_size: int, n: int, mode: str = "bucketed", seed: int = 0) -> list[Batch]:
+    """``n`` training batches as the trainer sees them (``bucketed``), or of poems drawn at random (``random``)."""
+    if mode == "bucketed":
+        index = list(BucketBatchSampler(ds.lengths, batch_size, seed=seed))
+    else:
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+        index = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    index = [b for b in index if len(b) == batch_size] or index  # full batches: equal work per step
+    return [collate([ds[i] for i in b]) for b in (index * (n // len(index) + 1))[:n]]
+
+
+def tokens(batch: Batch) -> int:
+    return int((batch["targets"] != IGNORE_INDEX).sum())
+
+
+def forward_flops(model: CharRNN, targets: Tensor) -> float:
+    """Multiply-adds × 2 of one forward pass over the real tokens of ``targets`` (matrix products only:
+    the recurrent gates, the projection and the softmax head; element-wise work is not counted)."""
+    n = int((targets != IGNORE_INDEX).sum())
+    core, g = model.core, GATES[model.cell]
+    h = core.hidden_size
+    per_token = sum(2 * g * h * ((core.input_size if layer == 0 else h) + h) for layer in range(core.num_layers))
+    if model.proj is not None:
+        per_token += 2 * model.proj.in_features * model.proj.out_features
+    dec = model.decoder
+    if isinstance(dec, nn.Linear):
+        return n * (per_token + 2 * dec.in_features * dec.out_features)
+    total = n * (per_token + 2 * dec.in_features * dec.head.out_features)
+    t = targets[targets != IGNORE_INDEX]
+    for i, tail in enumerate(dec.tail):  # only tokens of cluster i pay for its two matrices
+        count = int(((t >= dec.cutoffs[i]) & (t < dec.cutoffs[i + 1])).sum())
+        total += count * sum(2 * m.in_features * m.out_features for m in tail if isinstance(m, nn.Linear))
+    return float(total)
+
+
+def train_flops(model: CharRNN, batches: Iterable[Batch]) -> float:
+    """Useful FLOPs of training on ``batches``: the backward pass costs two forwards."""
+    return 3 * sum(forward_flops(model, b["targets"]) for b in batches)
+
+
+def mm_peak(device: str = "cpu", seconds: float = 1.0) -> float:
+    """FLOP/s of torch.mm on a few large float32 shapes like the model's, best of them: the roofline."""
+    best = 0.0
+    for m, k, n in ((4096, 256, 1024), (2048, 512, 2048), (1024, 1024, 1024)):
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        for _ in range(3):
+            torch.mm(a, b)
+        reps, start = 0, _now(device)
+        while _now(device) - start < seconds / 3:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (_now(device) - start))
+    return best
+
+
+def _now(device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# -- training-step throughput -----------------------------------------------------------------------------
+
+
+def plain_rate(
+    model: CharRNN,
+    batches: list[Batch],
+    warmup: int,
+    *,
+    lr: float = 3e-3,
+    clip: float = 1.0,
+    bf16: bool = False,
+    packed: bool = False,
+    compile_loss: bool = False,
+) -> float:
+    """Tokens/s of a minimal PyTorch loop: forward, loss, backward, clip, AdamW step."""
+    device = next(model.parameters()).device.type
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    loss_fn = torch.compile(model.nll, dynamic=True) if compile_loss else model.nll
+    model.train()
+    amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step(batch: Batch) -> None:
+        with amp:
+            feats = _packed_forward(model, batch["inputs"]) if packed else model(batch["inputs"])[0]
+            total, count = loss_fn(feats, batch["targets"])
+        (total / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _rate(step, batches, warmup, device)
+
+
+def _packed_forward(model: CharRNN, inputs: Tensor) -> Tensor:
+    """The core over packed sequences (no work on padding) instead of padded ones."""
+    lengths = (inputs != 0).sum(1).clamp(min=1).cpu()
+    packed = pack_padded_sequence(model.drop(model.embed(inputs)), lengths, batch_first=True, enforce_sorted=False)
+    out, _ = model.core(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+    out = model.drop(out)
+    return model.proj(out) if model.proj is not None else out
+
+
+def _rate(step: Callable[[Batch], None], batches: list[Batch], warmup: int, device: str) -> float:
+    on_device = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    for b in on_device[:warmup]:
+        step(b)
+    start = _now(device)
+    for b in on_device[warmup:]:
+        step(b)
+    return sum(tokens(b) for b in batches[warmup:]) / (_now(device) - start)
+
+
+class _Clock(L.Callback):
+    def __init__(self, warmup: int, device: str):
+        self.warmup, self.device = warmup, device
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = _now(self.device)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.end = _now(self.device)
+
+
+def lightning_rate(
+    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], warmup: int, device: str, precision: str = "32-true"
+) -> float:
+    """Tokens/s of the real PoemLM under a Lightning Trainer (logging every step as in training)."""
+    torch.manual_seed(0)
+    module = PoemLM(
+        model=model_cfg, optim={"lr": 3e-3, "weight_decay": 0.01, "warmup_steps": 10}, vocab=vocab.to_dict()
+    )
+    clock = _Clock(warmup, device)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=precision,  # type: ignore[arg-type]
+        max_steps=len(batches),
+        gradient_clip_val=1.0,
+        logger=False,
+        callbacks=[clock],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, pin_memory=device != "cpu"))
+    return sum(tokens(b) for b in batches[warmup:]) / (clock.end - clock.start)
+
+
+def alternate(measure: dict[str, Callable[[], float]], reps: int) -> dict[str, float]:
+    """Median of each measurement over ``reps`` rounds taken in turn, so slow spells hit every side."""
+    values: dict[str, list[float]] = {k: [] for k in measure}
+    for _ in range(reps):
+        for name, fn in measure.items():
+            values[name].append(fn())
+    return {k: statistics.median(v) for k, v in values.items()}
+
+
+# -- other timings ----------------------------------------------------------------------------------------
+
+
+def sampling_rates(model: CharRNN, vocab: Vocab, n: int) -> dict[str, float]:
+    """Poems/s for ``n`` poems sampled in one batch and one at a time."""
+    decoding.sample(model, vocab, decoding.SamplingConfig(n=2, seed=0))  # warm-up
+    start = time.perf_counter()
+    decoding.sample(model, vocab, decoding.SamplingConfig(n=n, seed=0))
+    batched = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(n):
+        decoding.sample(model, vocab, decoding.SamplingConfig(n=1, seed=i))
+    single = n / (time.perf_counter() - start)
+    return {"batched_poems_per_s": batched, "single_poems_per_s": single, "speedup": batched / single}
+
+
+def preparation_times(corpus: CorpusConfig, data_dir: Path) -> dict[str, float]:
+    """Seconds to prepare the corpus into an empty cache (download already cached) and from the cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if (data_dir / "raw").is_dir():
+            (Path(tmp) / "raw").symlink_to((data_dir / "raw").resolve())
+        start = time.perf_counter()
+        prepare(corpus, tmp)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        prepare(corpus, tmp)
+        warm = time.perf_counter() - start
+    return {"cold_s": cold, "warm_s": warm}
+
+
+def startup_seconds(overrides: list[str], runs: int = 3) -> list[float]:
+    """Seconds from launching ``scripts/train.py`` to its first training step (warm cache), each run fresh."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+    out = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [
+                *overrides,
+                "trainer.max_steps=1",
+                "test_after_fit=false",
+                "final_samples=0",
+                "poetics_samples=0",
+                "position_losses=false",
+                "trainer.enable_progress_bar=false",
+                "~callbacks.progress_bar",
+                f"hydra.run.dir={tmp}",
+            ]
+            done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise TangshiError(f"scripts/train.py {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+            out.append(json.loads((Path(tmp) / "metrics.json").read_text(encoding="utf-8"))["startup_s"])
+    return out
+
+
+@contextmanager
+def busy_core() -> Any:
+    """Another process spinning on one core, as when tests or a second run share the machine."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def threads(n: int) -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def val_bpc(model: CharRNN, ds: PoemDataset, limit: int = 512) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(min(limit, len(ds))), key=ds.lengths.__getitem__)
+    total, count = 0.0, 0
+    for i in range(0, len(order), 128):
+        b = collate([ds[j] for j in order[i : i + 128]])
+        feats, _ = model(b["inputs"].to(device))
+        nll, n = model.nll(feats, b["targets"].to(device))
+        total, count = total + float(nll), count + int(n)
+    model.train()
+    return total / count / math.log(2)
+
+
+def train_for(model: CharRNN, batches: list[Batch], seconds: float) -> int:
+    """Train for a wall-clock budget, cycling through ``batches``; returns the steps taken."""
+    device = next(model.parameters()).device.type
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    model.train()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        b = batches[steps % len(batches)]
+        feats, _ = model(b["inputs"].to(device))
+        total, count = model.nll(feats, b["targets"].to(device))
+        (total / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steps += 1
+    return steps
+
+
+# -- the whole benchmark ----------------------------------------------------------------------------------
+
+
+def run(
+    prepared: Prepared,
+    model_cfg: dict[str, Any],
+    *,
+    corpus: CorpusConfig,
+    data_dir: Path,
+    cells: list[str],
+    batch_size: int = 64,
+    steps: int = 40,
+    warmup: int = 5,
+    reps: int = 2,
+    device: str = "cpu",
+    sample_poems: int = 100,
+    budget_s: float = 60.0,
+    startup_overrides: list[str] | None = None,
+    options: bool = True,
+    diag_every: int = 100,
+    diag_steps: int = 2000,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every measurement of the benchmark; see the README's Performance section for what each means."""
+    vocab = prepared.vocab
+    train_ds, val_ds = PoemDataset(prepared.splits["train"], vocab), PoemDataset(prepared.splits["val"], vocab)
+    batches = make_batches(train_ds, batch_size, steps + warmup)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "model": {k: v for k, v in model_cfg.items() if k != "cell"},
+    }
+    log("torch.mm peak …")
+    peak = result["mm_peak_flops"] = mm_peak(device)
+
+    def fresh(cell: str, **changes: Any) -> CharRNN:
+        torch.manual_seed(0)
+        return build_model({**model_cfg, "cell": cell, **changes}, vocab).to(device)
+
+    result["cells"] = {}
+    for cell in cells:
+        log(f"{cell}: Lightning vs plain loop …")
+        cfg = {**model_cfg, "cell": cell}
+        rates = alternate(
+            {
+                "plain": lambda cell=cell: plain_rate(fresh(cell), batches, warmup),
+                "lightning": lambda cfg=cfg: lightning_rate(cfg, vocab, batches, warmup, device),
+            },
+            reps,
+        )
+        model = fresh(cell)
+        flops_per_token = train_flops(model, batches) / sum(tokens(b) for b in batches)
+        result["cells"][cell] = {
+            "plain_tokens_per_s": rates["plain"],
+            "lightning_tokens_per_s": rates["lightning"],
+            "lightning_overhead": 1 - rates["lightning"] / rates["plain"],
+            "train_flops_per_token": flops_per_token,
+            "useful_flops": rates["lightning"] * flops_per_token,
+            "fraction_of_mm_peak": rates["lightning"] * flops_per_token / peak,
+            "params": model.param_counts(),
+        }
+    cell = cells[0]
+    log("sampling …")
+    result["sampling"] = {"poems": sample_poems, **sampling_rates(fresh(cell).eval(), vocab, sample_poems)}
+    log("diagnostics overhead …")
+    result["diagnostics"] = diagnostics_overhead(fresh(cell), prepared, batches, warmup, diag_every, diag_steps)
+    log("corpus preparation, start-up …")
+    result["preparation"] = preparation_times(corpus, data_dir)
+    if startup_overrides is not None:
+        result["startup_s"] = startup_seconds(startup_overrides)
+    if options:
+        result["options"] = measure_options(
+            fresh, cell, batches, train_ds, val_ds, batch_size, steps, warmup, reps, device, budget_s, log
+        )
+    return result
+
+
+def diagnostics_overhead(
+    model: CharRNN, prepared: Prepared, batches: list[Batch], warmup: int, every: int, steps: int
+) -> dict[str, float]:
+    """Time of the diagnostics as a share of a default run's training time: a gradient-flow measurement
+    every ``every`` steps, and the position losses once at the end, against ``steps`` training steps."""
+    device = next(model.parameters()).device.type
+    rate = plain_rate(model, batches, warmup)
+    step_s = sum(tokens(b) for b in batches) / len(batches) / rate
+    probe = probe_batch(prepared.splits["val"], prepared.vocab).to(device)
+    gradient_flow(model, probe)  # warm-up
+    start = _now(device)
+    for _ in range(3):
+        gradient_flow(model, probe)
+    flow_s = (_now(device) - start) / 3
+    start = _now(device)
+    position_losses(model, prepared.vocab, prepared.splits["val"])
+    positions_s = _now(device) - start
+    train_s = steps * step_s
+    return {
+        "step_s": step_s,
+        "gradient_flow_s": flow_s,
+        "position_losses_s": positions_s,
+        "every_n_steps": every,
+        "run_steps": steps,
+        "overhead": (flow_s * (steps // every + 1) + positions_s) / train_s,
+    }
+
+
+def measure_options(
+    fresh: Callable[..., CharRNN],
+    cell: str,
+    batches: list[Batch],
+    train_ds: PoemDataset,
+    val_ds: PoemDataset,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    reps: int,
+    device: str,
+    budget_s: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Each option against the default, as tokens/s ratios (and, for the head, val bpc at equal time)."""
+    out: dict[str, Any] = {}
+    log("option: adaptive vs full softmax …")
+    speed = alternate(
+        {
+            "adaptive": lambda: plain_rate(fresh(cell, head="adaptive"), batches, warmup),
+            "full": lambda: plain_rate(fresh(cell, head="full"), batches, warmup),
+        },
+        reps,
+    )
+    quality = {}
+    for head in ("adaptive", "full"):
+        model = fresh(cell, head=head)
+        steps_done = train_for(model, batches, budget_s)
+        quality[head] = {"steps": steps_done, "val_bpc": val_bpc(model, val_ds)}
+    out["head"] = {"tokens_per_s": speed, "speedup": speed["adaptive"] / speed["full"], "equal_time": quality}
+    out["head"]["equal_time"]["seconds"] = budget_s
+
+    log("option: bf16 autocast …")
+    out["bf16"] = {"unsupported": {}}
+    for c in dict.fromkeys([cell, "rnn"]):  # oneDNN builds without bf16 LSTM/GRU kernels: fall back to rnn
+        try:
+            bf16 = alternate(
+                {
+                    "float32": lambda c=c: plain_rate(fresh(c), batches, warmup),
+                    "bf16": lambda c=c: plain_rate(fresh(c), batches, warmup, bf16=True),
+                },
+                reps,
+            )
+        except RuntimeError as e:
+            out["bf16"]["unsupported"][c] = str(e).splitlines()[0]
+            continue
+        out["bf16"].update(cell=c, tokens_per_s=bf16, speedup=bf16["bf16"] / bf16["float32"])
+        break
+
+    log("option: torch.compile of the head and loss …")
+    try:
+        plain_rate(fresh(cell), batches[: warmup + 2], warmup, compile_loss=True)  # compile once, untimed
+        comp = alternate(
+            {
+                "eager": lambda: plain_rate(fresh(cell), batches, warmup),
+                "compiled": lambda: plain_rate(fresh(cell), batches, warmup, compile_loss=True),
+            },
+            reps,
+        )
+        out["compile"] = {"tokens_per_s": comp, "speedup": comp["compiled"] / comp["eager"]}
+    except Exception as e:  # no C++ compiler, or an unsupported op: report it, do not stop the benchmark
+        out["compile"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+    if device == "cpu" and (os.cpu_count() or 1) > 1:
+        log("option: threads, idle and with a busy core …")
+        n = torch.get_num_threads()
+        out["threads"] = {}
+        for label, ctx in (("idle", nullcontext), ("one core busy", busy_core)):
+            with ctx():
+                for t in sorted({1, n}):
+                    with threads(t):
+                        out["threads"][f"{t} thread{'s' if t > 1 else ''}, {label}"] = plain_rate(
+                            fresh(cell), batches, warmup
+                        )
+
+    log("option: batching …")
+    random_batches = make_batches(train_ds, batch_size, steps + warmup, mode="random")
+    batching = alternate(
+        {
+            "bucketed, padded": lambda: plain_rate(fresh(cell), batches, warmup),
+            "random, padded": lambda: plain_rate(fresh(cell), random_batches, warmup),
+            "random, packed": lambda: plain_rate(fresh(cell), random_batches, warmup, packed=True),
+            "bucketed, packed": lambda: plain_rate(fresh(cell), batches, warmup, packed=True),
+        },
+        reps,
+    )
+    out["batching"] = {"tokens_per_s": batching}
+    return out
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark: {r['device']}, torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}",
+        "",
+        f"torch.mm peak (float32, same run): {r['mm_peak_flops'] / 1e9:.1f} GFLOP/s",
+        "",
+        "| cell | plain loop tok/s | Lightning tok/s | Lightning overhead | useful GFLOP/s | of mm peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cell, c in r["cells"].items():
+        lines.append(
+            f"| {cell} | {c['plain_tokens_per_s']:,.0f} | {c['lightning_tokens_per_s']:,.0f} | "
+            f"{c['lightning_overhead']:+.1%} | {c['useful_flops'] / 1e9:.1f} | {c['fraction_of_mm_peak']:.0%} |"
+        )
+    s = r["sampling"]
+    d = r["diagnostics"]
+    p = r["preparation"]
+    lines += [
+        "",
+        f"Sampling {s['poems']} poems: {s['batched_poems_per_s']:.1f} poems/s batched, "
+        f"{s['single_poems_per_s']:.2f} poems/s one at a time ({s['speedup']:.0f}×).",
+        f"Diagnostics: gradient flow {d['gradient_flow_s'] * 1e3:.0f} ms per measurement (every "
+        f"{d['every_n_steps']} steps), position losses {d['position_losses_s']:.1f} s once: "
+        f"{d['overhead']:.1%} of a {d['run_steps']}-step run ({d['step_s'] * 1e3:.0f} ms/step).",
+        f"Corpus preparation: {p['cold_s']:.1f} s cold (download cached), {p['warm_s']:.2f} s warm.",
+    ]
+    if "startup_s" in r:
+        lines.append("Start-up to the first training step (warm): " + ", ".join(f"{v:.1f} s" for v in r["startup_s"]))
+    o = r.get("options")
+    if o:
+        h = o["head"]
+        eq = h["equal_time"]
+        lines += [
+            "",
+            "| option | measured | ratio to the default |",
+            "| --- | --- | ---: |",
+            f"| full softmax instead of adaptive | {h['tokens_per_s']['full']:,.0f} vs "
+            f"{h['tokens_per_s']['adaptive']:,.0f} tok/s; after {eq['seconds']:.0f} s: val bpc "
+            f"{eq['full']['val_bpc']:.2f} ({eq['full']['steps']} steps) vs {eq['adaptive']['val_bpc']:.2f} "
+            f"({eq['adaptive']['steps']} steps) | {1 / h['speedup']:.2f} |",
+        ]
+        b = o["bf16"]
+        for c, err in b["unsupported"].items():
+            lines.append(f"| bf16 autocast, {c} | fails: {err[:70]} | – |")
+        if "speedup" in b:
+            lines.append(
+                f"| bf16 autocast, {b['cell']} | {b['tokens_per_s']['bf16']:,.0f} vs "
+                f"{b['tokens_per_s']['float32']:,.0f} tok/s | {b['speedup']:.2f} |"
+            )
+        c = o["compile"]
+        if "error" in c:
+            lines.append(f"| torch.compile (head and loss) | failed: {c['error']} | – |")
+        else:
+            lines.append(
+                f"| torch.compile (head and loss) | {c['tokens_per_s']['compiled']:,.0f} vs "
+                f"{c['tokens_per_s']['eager']:,.0f} tok/s | {c['speedup']:.2f} |"
+            )
+        base = o["batching"]["tokens_per_s"]["bucketed, padded"]
+        for name, v in o["batching"]["tokens_per_s"].items():
+            if name != "bucketed, padded":
+                lines.append(f"| batches {name} (default: bucketed, padded) | {v:,.0f} tok/s | {v / base:.2f} |")
+        if "threads" in o:
+            ref = o["threads"].get(f"{r['threads']} threads, idle") or next(iter(o["threads"].values()))
+            for name, v in o["threads"].items():
+                lines.append(f"| {name} | {v:,.0f} tok/s | {v / ref:.2f} |")
+    return "\n".join(lines) + "\n"
