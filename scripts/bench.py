@@ -27,7 +27,7 @@ register_resolvers()
 @hydra.main(config_path="../conf", config_name="bench", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported():
-        torch.set_num_threads(int(cfg.threads or default_threads()))
+        torch.set_num_threads(int(cfg.threads or default_threads(torch.get_num_threads())))
         dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir)
         dm.prepare_data()
         passed_on = [o for o in HydraConfig.get().overrides.task if o.startswith(("data", "model"))]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tangshi.compare import Run, best_lr, summarise
@@ -82,6 +83,7 @@ def test_jobs_run_in_parallel_never_share_a_directory(sweep):
     for d in dirs[:4]:
         m = json.loads((sweep / d / "metrics.json").read_text(encoding="utf-8"))
         assert Path(m["run_dir"]).name == d and f"{m['cell']}_seed{m['seed']}" in d
+        assert m["threads"] == max(1, torch.get_num_threads() // 2)  # the cores shared by the two jobs
         assert (sweep / d / "checkpoints" / "best.ckpt").exists()
         times = [
             e.wall_time

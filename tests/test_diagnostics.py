@@ -123,6 +123,8 @@ def test_position_losses_on_a_trained_model(tiny_checkpoint, prepared):
     assert classes["punct"]["loss"] < 1.0 < classes["other"]["loss"] and classes["punct"]["acc"] > 0.8
     by_pos = result["by_position"]
     assert by_pos["tokens"][0] == len(regular) and not math.isnan(by_pos["loss"][0])
+    assert sum(by_pos["tokens"]) == sum(len(t) for b in regular for t, _ in split_lines(b))  # characters only
+    assert len(by_pos["loss"]) == max(len(b) - len(split_lines(b)) for b in regular)
 
 
 def test_probe_batch_cuts_poems_to_length_and_says_when_none_is_long_enough(prepared):

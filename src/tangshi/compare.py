@@ -84,9 +84,10 @@ def read_curve(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; the deviation of a single run is unknown (NaN), not 0."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def welch_p(a: list[float], b: list[float]) -> float:
@@ -174,7 +175,9 @@ def best_lr(table: dict[str, Any]) -> dict[str, float]:
 
 def _fmt(ms: tuple[float, float], digits: int = 3) -> str:
     mean, std = ms
-    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
@@ -312,7 +315,8 @@ def plot_gradient_flow(groups: dict[str, list[Run]], out_dir: Path) -> list[str]
 
 
 def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
-    """Validation loss at each character position of a poem, mean over seeds per cell."""
+    """Validation loss of the n-th character of a poem, mean over seeds per cell (regular verse: 20, 28, 40 or
+    56 characters, so the rhyme positions of each form show as dips at their places)."""
     curves = {
         label: [r.metrics["loss_by_position"] for r in rs if r.metrics.get("loss_by_position")]
         for label, rs in groups.items()
@@ -325,7 +329,7 @@ def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[s
     for label, cs in curves.items():
         n = min(len(c) for c in cs)
         ax.plot(range(1, n + 1), [statistics.fmean(c[i] for c in cs) for i in range(n)], label=label)
-    ax.set_xlabel("position in the poem (characters; punctuation included; last: <eos>)")
+    ax.set_xlabel("n-th character of the poem (punctuation not counted)")
     ax.set_ylabel("validation loss (nats)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -52,7 +52,7 @@ def parallel_jobs() -> int:
     return n if n > 0 else os.cpu_count() or 1  # joblib's -1: one job per core
 
 
-def default_threads() -> int:
-    """Torch threads for one job: the cores shared among the jobs running at once (oversubscribed cores
-    make every job several times slower than an idle core would)."""
-    return max(1, (os.cpu_count() or 1) // parallel_jobs())
+def default_threads(cores: int) -> int:
+    """Torch threads for one job: ``cores`` (torch's own default, taken before any change) shared among the
+    jobs running at once; oversubscribed cores make every job several times slower than an idle core would."""
+    return max(1, cores // parallel_jobs())

@@ -178,7 +178,8 @@ def position_classes(body: str) -> list[int]:
 @torch.no_grad()
 def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_size: int = 64) -> dict[str, Any]:
     """Loss (nats) and top-1 accuracy per kind of position, over the regular-verse poems among ``bodies``,
-    and the mean loss at every target position (0 = the first character)."""
+    and the mean loss of the n-th character of a poem (``by_position``; punctuation not counted, so the
+    n-th character is the same syllable of the verse in every poem of a form)."""
     poems = [b for b in bodies if detect_form(b)]
     if not poems:
         raise TangshiError("no regular-verse poem (绝句 or 律诗) to measure rhyme positions on")
@@ -187,7 +188,8 @@ def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_s
     ds = PoemDataset(poems, vocab)
     order = sorted(range(len(poems)), key=ds.lengths.__getitem__)
     n_cls = len(CLASSES)
-    width = max(ds.lengths) - 1
+    width = max(ds.lengths)
+    punct = CLASSES.index("punct")
     loss_sum, correct, count = torch.zeros(n_cls), torch.zeros(n_cls), torch.zeros(n_cls)
     pos_sum, pos_count = torch.zeros(width), torch.zeros(width)
     for i in range(0, len(order), batch_size):
@@ -195,12 +197,14 @@ def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_s
         batch = collate([ds[j] for j in idx])
         targets = batch["targets"]
         classes = torch.full_like(targets, -1)
+        char_at = torch.full_like(targets, -1)  # the target's index among the poem's characters
         for row, j in enumerate(idx):
-            c = position_classes(poems[j])
-            classes[row, : len(c)] = torch.tensor(c)
+            c = torch.tensor(position_classes(poems[j]))
+            classes[row, : len(c)] = c
+            is_char = c != punct
+            char_at[row, : len(c)][is_char] = torch.arange(int(is_char.sum()))
         feats, _ = model(batch["inputs"].to(device))
         log_p = model.log_probs(feats).cpu()
-        keep = classes >= 0
         nll = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
         hit = (log_p.argmax(-1) == targets).float()
         for c in range(n_cls):
@@ -208,9 +212,9 @@ def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_s
             loss_sum[c] += nll[m].sum()
             correct[c] += hit[m].sum()
             count[c] += m.sum()
-        t = targets.shape[1]
-        pos_sum[:t] += (nll * keep).sum(0)
-        pos_count[:t] += keep.sum(0)
+        chars = char_at >= 0
+        pos_sum.index_add_(0, char_at[chars], nll[chars])
+        pos_count.index_add_(0, char_at[chars], torch.ones(int(chars.sum())))
     return {
         "poems": len(poems),
         "classes": {
@@ -222,8 +226,8 @@ def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_s
             for c, name in enumerate(CLASSES)
         },
         "by_position": {
-            "loss": [float(s / n) if n else math.nan for s, n in zip(pos_sum, pos_count, strict=True)],
-            "tokens": [int(n) for n in pos_count],
+            "loss": [float(s / n) for s, n in zip(pos_sum, pos_count, strict=True) if n],
+            "tokens": [int(n) for n in pos_count if n],
         },
     }
 
@@ -301,7 +305,7 @@ def plot_position_loss(by_position: dict[str, list], title: str) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
     loss = by_position["loss"]
     ax.plot(range(1, len(loss) + 1), loss)
-    ax.set_xlabel("position in the poem (characters; punctuation included)")
+    ax.set_xlabel("n-th character of the poem (punctuation not counted)")
     ax.set_ylabel("validation loss (nats)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -28,6 +28,7 @@ from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
 
 log = logging.getLogger(__name__)
+CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
 
 
 def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]:
@@ -51,8 +52,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     optim = resolve_lr(plain(cfg.optim), model_cfg["cell"])
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
-    threads = cfg.get("torch_threads") or default_threads()
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES)))
 
     L.seed_everything(cfg.seed, workers=True)
     trainer: L.Trainer = instantiate(
@@ -76,6 +76,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         summary["params"] = module.model.param_counts()
         summary["hidden_size"] = model_cfg["hidden_size"]
         summary["lr"] = optim["lr"]
+        summary["threads"] = torch.get_num_threads()
         summary["vocab_size"] = len(datamodule.vocab)
         summary["data"] = datamodule.prepared.meta["counts"]  # type: ignore[union-attr]
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
