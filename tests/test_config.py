@@ -31,3 +31,22 @@ def test_two_processes_started_together_get_different_run_dirs():
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     tags = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(tags) and tags[0] != tags[1]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """mkstemp makes private files; results (metrics.json, caches) must be readable like any other file."""
+    import os
+    import stat
+
+    from tangshi.atomic import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "metrics.json", "{}")
+        with atomic_dir(tmp_path / "cache") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o755
+    assert (tmp_path / "metrics.json").read_text() == "{}" and not list(tmp_path.glob(".*tmp"))

@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tangshi import checkpoint
 from tangshi.checkpoint import CheckpointError
 from tangshi.config import plain
-from tangshi.datamodule import PoemDataModule
+from tangshi.datamodule import PoemDataModule, PoemDataset, collate
 from tangshi.errors import TangshiError
 from tangshi.module import PoemLM
 from tangshi.train import train
@@ -293,3 +293,22 @@ def test_param_budget_sets_the_hidden_size_recorded_in_the_checkpoint(compose_tr
     assert loaded.hparams["model"]["hidden_size"] == summary["hidden_size"] != 64
     assert "param_budget" not in loaded.hparams["model"]
     assert abs(summary["params"]["core"] - 30000) <= 600
+
+
+def test_clipping_uses_the_global_norm_it_records(prepared):
+    """One norm computation serves the log and the clipping: after clipping at a tenth of the norm, the
+    gradient's global norm is that tenth, and the step counts as clipped."""
+    model_cfg = {"cell": "gru", "embed_dim": 8, "hidden_size": 16, "num_layers": 1}
+    module = PoemLM(model_cfg, {"lr": 1e-3}, prepared.vocab.to_dict())
+    optimizer = torch.optim.AdamW(module.parameters())
+    ds = PoemDataset(prepared.splits["train"][:8], prepared.vocab)
+    batch = collate([ds[i] for i in range(8)])
+    loss, _ = module._step(batch)
+    loss.backward()
+    before = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()]).item()
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=before / 10)
+    after = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()]).item()
+    assert after == pytest.approx(before / 10, rel=1e-4)
+    assert module.grad_summary() == pytest.approx(
+        {"grad_norm_mean": before, "grad_norm_max": before, "clip_share": 1.0}
+    )

@@ -138,21 +138,32 @@ class PoemLM(L.LightningModule):
     def on_validation_start(self) -> None:
         self._clock = None
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Called before Lightning clips, so this is the raw norm: spikes here are exploding gradients.
-        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if not norms:
-            return
-        norm = torch.linalg.vector_norm(torch.stack(norms)).float()
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        """Clip by global norm and log that norm, from one norm computation (Lightning's default clipping
+        would compute it again). Called after mixed-precision unscaling and DDP's all-reduce, every step."""
+        if gradient_clip_algorithm not in (None, "norm"):  # "value" clipping: Lightning's own, norm not logged
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        # the raw norm, before clipping: spikes here are exploding gradients
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
+        if gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
         self.log("train/grad_norm", norm, on_step=True)
-        clip = self.trainer.gradient_clip_val
         stats = {k: self.grad_stats.get(k, torch.zeros(())).to(norm.device) for k in ("steps", "clipped", "sum", "max")}
         stats["steps"] += 1
-        stats["clipped"] += (norm > clip).float() if clip else 0.0
+        stats["clipped"] += (norm > gradient_clip_val).float() if gradient_clip_val else 0.0
         stats["sum"] += norm
         stats["max"] = torch.maximum(stats["max"], norm)
         self.grad_stats = stats
         self.log("train/clip_share", stats["clipped"] / stats["steps"], on_step=True)
+        return None
 
     def grad_summary(self) -> dict[str, float]:
         """Mean and largest gradient norm before clipping, and the share of steps that clipping changed."""
