@@ -14,7 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tangshi import bench
+from tangshi import bench, checkpoint
 from tangshi.atomic import write_json, write_text
 from tangshi.config import default_threads, plain, register_resolvers
 from tangshi.datamodule import PoemDataModule
@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
         dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir)
         dm.prepare_data()
         passed_on = [o for o in HydraConfig.get().overrides.task if o.startswith(("data", "model"))]
+        trained = checkpoint.load(cfg.ckpt, device=cfg.device) if cfg.ckpt else None
         result = bench.run(
             dm.prepared,  # type: ignore[arg-type]
             resolve_budget(plain(cfg.model)),
@@ -47,6 +48,8 @@ def main(cfg: DictConfig) -> None:
             startup_overrides=passed_on if cfg.startup else None,
             options=cfg.options,
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            sampler=trained.model if trained else None,
+            sampler_vocab=trained.vocab if trained else None,
         )
     out = Path(cfg.paths.output_dir)
     write_json(out / "bench.json", result)

@@ -173,3 +173,13 @@ def test_sample_script_json_output_scores_each_poem(tiny_checkpoint, tmp_path):
     assert all(p["form"] == "wuyan_jueju" and p["rhymes"] and set(p["tone_rules"]) for p in data["poems"])
     bad = run_script("sample.py", f"ckpt={tiny_checkpoint}", "format=xml", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown format 'xml'; allowed: text, json"
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
+    from tangshi.decoding import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40_000, 1)
+    picks = draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=6).float() / len(picks)
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)

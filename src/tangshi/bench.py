@@ -335,8 +335,11 @@ def run(
     diag_every: int = 100,
     diag_steps: int = 2000,
     log: Callable[[str], None] = print,
+    sampler: CharRNN | None = None,
+    sampler_vocab: Vocab | None = None,
 ) -> dict[str, Any]:
-    """Every measurement of the benchmark; see the README's Performance section for what each means."""
+    """Every measurement of the benchmark; see the README's Performance section for what each means.
+    ``sampler`` (a trained model, with its vocabulary) is what sampling speed is measured on."""
     vocab = prepared.vocab
     train_ds, val_ds = PoemDataset(prepared.splits["train"], vocab), PoemDataset(prepared.splits["val"], vocab)
     batches = make_batches(train_ds, batch_size, steps + warmup)
@@ -378,7 +381,12 @@ def run(
         }
     cell = cells[0]
     log("sampling …")
-    result["sampling"] = {"poems": sample_poems, **sampling_rates(fresh(cell).eval(), vocab, sample_poems)}
+    if sampler is None:  # an untrained model never writes <eos>: every poem runs to max_len
+        sampler, sampler_vocab, source = fresh(cell).eval(), vocab, f"untrained {cell}"
+    else:
+        sampler_vocab, source = sampler_vocab or vocab, "trained checkpoint"
+    result["sampling"] = {"poems": sample_poems, "model": source}
+    result["sampling"].update(sampling_rates(sampler.to(device).eval(), sampler_vocab, sample_poems))
     log("diagnostics overhead …")
     result["diagnostics"] = diagnostics_overhead(fresh(cell), prepared, batches, warmup, diag_every, diag_steps)
     log("corpus preparation, start-up …")
@@ -529,7 +537,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     p = r["preparation"]
     lines += [
         "",
-        f"Sampling {s['poems']} poems: {s['batched_poems_per_s']:.1f} poems/s batched, "
+        f"Sampling {s['poems']} poems ({s.get('model', 'untrained')}): {s['batched_poems_per_s']:.1f} poems/s batched, "
         f"{s['single_poems_per_s']:.2f} poems/s one at a time ({s['speedup']:.0f}×).",
         f"Diagnostics: gradient flow {d['gradient_flow_s'] * 1e3:.0f} ms per measurement (every "
         f"{d['every_n_steps']} steps), position losses {d['position_losses_s']:.1f} s once: "

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
+from tangshi.model import CharRNN, State
 from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, key_positions, phonology
 from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
@@ -104,6 +104,17 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
         drop = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
+
+
+def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One token per row of ``probs`` by inverse-CDF sampling: a cumulative sum and a binary search, where
+    ``torch.multinomial`` spends ~40x longer on the CPU (16 ms for 100 rows of 5.6k). Zero-probability
+    tokens are never drawn: u < total, and ``right=True`` skips every flat step of the CDF."""
+    cdf = probs.float().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rounding must not reach the total
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 @dataclass
@@ -304,26 +315,37 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
         ids = torch.tensor([[BOS_ID, *prompt]] * cfg.n, device=device)
         feats, state = model(ids)
         out = [list(prompt) for _ in range(cfg.n)]
-        done = torch.zeros(cfg.n, dtype=torch.bool, device=device)
+        alive = list(range(cfg.n))  # the poem each row of the batch is writing
         for _ in range(cfg.max_chars - len(prompt) + (cfg.form is not None)):
             logp = _scored(model, cons, feats[:, -1], cfg)
             if cfg.temperature == 0:
                 nxt = logp.argmax(-1)
             else:
                 logits = filter_logits(logp / cfg.temperature, cfg.top_k, cfg.top_p)
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=g).squeeze(1)
-            nxt = nxt.masked_fill(done, EOS_ID)
+                nxt = draw(logits.softmax(-1), g)
             tokens = nxt.tolist()
             cons.advance(tokens)
-            for row, token in zip(out, tokens, strict=True):
-                row.append(token)
-            done |= nxt == EOS_ID
-            if bool(done.all()):
+            for i, token in zip(alive, tokens, strict=True):
+                out[i].append(token)
+            keep = [j for j, t in enumerate(tokens) if t != EOS_ID]
+            if not keep:
                 break
+            if len(keep) < len(alive):  # finished poems leave the batch: no steps are spent on them
+                alive = [alive[j] for j in keep]
+                cons.reorder(keep)
+                index = torch.tensor(keep, device=device)
+                nxt, state = nxt[index], _select(state, index)
             feats, state = model(nxt[:, None], state)
         return [vocab.decode(row) for row in out]
     finally:
         model.train(was_training)
+
+
+def _select(state: State, index: Tensor) -> State:
+    """The recurrent state of the batch rows in ``index`` (an LSTM's state is a pair)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
 
 
 def _scored(model: CharRNN, cons: Constraints, feats: Tensor, cfg: SamplingConfig) -> Tensor:
@@ -372,12 +394,7 @@ def beam_search(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
             scores = torch.tensor(keep_scores, device=device)
             cons.reorder(keep_rows)
             cons.advance(keep_tokens)
-            index = torch.tensor(keep_rows, device=device)
-            state = (
-                tuple(s.index_select(1, index) for s in state)
-                if isinstance(state, tuple)
-                else state.index_select(1, index)
-            )
+            state = _select(state, torch.tensor(keep_rows, device=device))
             feats, state = model(torch.tensor(keep_tokens, device=device)[:, None], state)
         if len(finished) < cfg.n:  # beams cut by max_len count too
             finished += [(float(s) / max(1, len(q)), q) for s, q in zip(scores.tolist(), seqs, strict=True)]
