@@ -33,7 +33,7 @@ from tangshi.diagnostics import gradient_flow, position_losses, probe_batch
 from tangshi.errors import TangshiError
 from tangshi.model import GATES, IGNORE_INDEX, CharRNN
 from tangshi.module import PoemLM, build_model
-from tangshi.vocab import Vocab
+from tangshi.vocab import PAD_ID, Vocab
 
 Batch = dict[str, Tensor]
 
@@ -137,7 +137,7 @@ def plain_rate(
 
 def _packed_forward(model: CharRNN, inputs: Tensor) -> Tensor:
     """The core over packed sequences (no work on padding) instead of padded ones."""
-    lengths = (inputs != 0).sum(1).clamp(min=1).cpu()
+    lengths = (inputs != PAD_ID).sum(1).clamp(min=1).cpu()
     packed = pack_padded_sequence(model.drop(model.embed(inputs)), lengths, batch_first=True, enforce_sorted=False)
     out, _ = model.core(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
