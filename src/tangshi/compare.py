@@ -13,8 +13,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from tangshi.atomic import atomic_path, write_text
+from tangshi.atomic import write_text
 from tangshi.errors import TangshiError
+from tangshi.figures import pyplot, save_png
 
 CELL_ORDER = ("rnn", "gru", "lstm")
 METRICS = ("best_val_bpc", "test_bpc", "test_ppl", "best_step", "wall_time_s", "tokens_per_s", "clip_share")
@@ -246,26 +247,9 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, out_dir: Path, name: str) -> str:
-    fig.tight_layout()
-    with atomic_path(out_dir / name) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    _pyplot().close(fig)
-    return name
-
-
 def plot_curves(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
     """val bpc against step and against wall time: the mean over seeds per cell, with a min–max band."""
-    plt = _pyplot()
+    plt = pyplot()
     names = []
     for x_index, x_label, name in ((0, "step", "val_bpc_vs_step.png"), (1, "seconds", "val_bpc_vs_time.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -282,7 +266,8 @@ def plot_curves(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
         ax.set_ylabel("validation bits per character")
         ax.legend()
         ax.grid(alpha=0.3)
-        names.append(_save(fig, out_dir, name))
+        save_png(fig, out_dir / name)
+        names.append(name)
     return names
 
 
@@ -292,7 +277,7 @@ def plot_gradient_flow(groups: dict[str, list[Run]], out_dir: Path) -> list[str]
     flows = {label: ms for label, ms in flows.items() if ms}
     if not flows:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, index, when in ((axes[0], 0, "at initialisation"), (axes[1], -1, "after training")):
         for i, (label, measurements) in enumerate(flows.items()):
@@ -311,7 +296,8 @@ def plot_gradient_flow(groups: dict[str, list[Run]], out_dir: Path) -> list[str]
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("‖∂L/∂h(T−1−k)‖ / ‖∂L/∂h(T−1)‖")
     axes[1].legend(fontsize=8)
-    return [_save(fig, out_dir, "gradient_flow.png")]
+    save_png(fig, out_dir / "gradient_flow.png")
+    return ["gradient_flow.png"]
 
 
 def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[str]:
@@ -324,7 +310,7 @@ def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[s
     curves = {label: cs for label, cs in curves.items() if cs}
     if not curves:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, cs in curves.items():
         n = min(len(c) for c in cs)
@@ -333,7 +319,8 @@ def plot_loss_by_position(groups: dict[str, list[Run]], out_dir: Path) -> list[s
     ax.set_ylabel("validation loss (nats)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return [_save(fig, out_dir, "loss_by_position.png")]
+    save_png(fig, out_dir / "loss_by_position.png")
+    return ["loss_by_position.png"]
 
 
 def compare(dirs: list[Path]) -> tuple[dict[str, Any], Path]:

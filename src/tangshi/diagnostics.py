@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tangshi.atomic import atomic_path, write_json, write_text
+from tangshi.atomic import write_json, write_text
 from tangshi.datamodule import PoemDataset, collate
 from tangshi.errors import TangshiError
+from tangshi.figures import pyplot, save_png
 from tangshi.model import CharRNN
 from tangshi.poetics import LINE_PUNCT, detect_form
 from tangshi.vocab import Vocab
@@ -126,11 +127,7 @@ def decay_ratios(norms: Tensor, distances: Sequence[int] = DISTANCES) -> dict[st
 
 def plot_flow(curves: dict[str, list[list[float]]], title: str) -> Any:
     """A matplotlib figure: g(k) / g(0) on a log axis, one line per ``label -> [per-layer curves]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = ("-", "--", ":", "-.")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -283,9 +280,7 @@ def plot_history(history: list[dict[str, Any]], title: str) -> Any:
     curves = {f"step {m['step']}": [m["norms"][-1]] for m in history}
     fig = plot_flow(curves, title)
     ax = fig.axes[0]
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap("viridis")
+    cmap = pyplot().get_cmap("viridis")
     for i, line in enumerate(ax.get_lines()):
         line.set_color(cmap(i / max(1, len(history) - 1)))
     if len(history) > 8:  # a legend of every step is unreadable: keep the first and the last
@@ -297,12 +292,7 @@ def plot_history(history: list[dict[str, Any]], title: str) -> Any:
 
 
 def plot_position_loss(by_position: dict[str, list], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     loss = by_position["loss"]
     ax.plot(range(1, len(loss) + 1), loss)
     ax.set_xlabel("n-th character of the poem (punctuation not counted)")
@@ -320,8 +310,6 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 def write_report(result: dict[str, Any], history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """diagnose.json, diagnose.md and the figures, into ``out_dir``."""
-    import matplotlib.pyplot as plt
-
     written = [out_dir / "diagnose.json", out_dir / "diagnose.md"]
     write_json(written[0], result)
     write_text(written[1], to_markdown(result, history))
@@ -331,8 +319,6 @@ def write_report(result: dict[str, Any], history: list[dict[str, Any]], out_dir:
     if history:
         figures["gradient_flow_history.png"] = plot_history(history, f"{cell}: gradient flow during training")
     for name, fig in figures.items():
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
+        save_png(fig, out_dir / name)
         written.append(out_dir / name)
     return written
