@@ -181,22 +181,36 @@ def _fmt(ms: tuple[float, float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
-    lines = [
-        "# Cell comparison",
-        "",
-        "| cell | runs | lr | core params | total params | best val bpc | test bpc | test ppl | step of best "
-        "| wall time (s) | tokens/s | clipped steps |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the first column (the cell) left-aligned, the numbers right-aligned."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * (len(columns) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
-    for name, t in summary["cells"].items():
-        lines.append(
-            f"| {name} | {t['runs']} | {', '.join(f'{v:g}' for v in t['lr'])} | "
-            f"{', '.join(f'{p:,}' for p in t['core_params'])} | {', '.join(f'{p:,}' for p in t['total_params'])} | "
-            f"{_fmt(t['best_val_bpc'])} | {_fmt(t['test_bpc'])} | {_fmt(t['test_ppl'], 1)} | "
-            f"{_fmt(t['best_step'], 0)} | {_fmt(t['wall_time_s'], 0)} | {_fmt(t['tokens_per_s'], 0)} | "
-            f"{_fmt(t['clip_share'], 2)} |"
-        )
+
+
+def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
+    columns = ["cell", "runs", "lr", "core params", "total params", "best val bpc", "test bpc", "test ppl"]
+    columns += ["step of best", "wall time (s)", "tokens/s", "clipped steps"]
+    rows = [
+        [
+            name,
+            str(t["runs"]),
+            ", ".join(f"{v:g}" for v in t["lr"]),
+            ", ".join(f"{p:,}" for p in t["core_params"]),
+            ", ".join(f"{p:,}" for p in t["total_params"]),
+            _fmt(t["best_val_bpc"]),
+            _fmt(t["test_bpc"]),
+            _fmt(t["test_ppl"], 1),
+            _fmt(t["best_step"], 0),
+            _fmt(t["wall_time_s"], 0),
+            _fmt(t["tokens_per_s"], 0),
+            _fmt(t["clip_share"], 2),
+        ]
+        for name, t in summary["cells"].items()
+    ]
+    lines = ["# Cell comparison", "", *_table(columns, rows)]
     lines += ["", "Mean ± standard deviation over seeds; clipped steps: share of steps whose gradient was clipped."]
     if summary["best_lr"]:
         rates = ", ".join(f"{c}: {lr:g}" for c, lr in summary["best_lr"].items())
@@ -206,23 +220,23 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             f'rate: `optim.lr_by_cell="{{{rates}}}"`.',
         ]
     if summary["welch_p"]:
-        lines += ["", "Welch's t-test, two-sided p-values:", ""]
-        lines += ["| pair | best val bpc | test bpc |", "| --- | ---: | ---: |"]
-        for pair, p in summary["welch_p"].items():
-            fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.3g}"  # noqa: E731
-            lines.append(f"| {pair} | {fmt(p['best_val_bpc'])} | {fmt(p['test_bpc'])} |")
+        fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.3g}"  # noqa: E731
+        rows = [[pair, fmt(p["best_val_bpc"]), fmt(p["test_bpc"])] for pair, p in summary["welch_p"].items()]
+        lines += ["", "Welch's t-test, two-sided p-values:", "", *_table(["pair", "best val bpc", "test bpc"], rows)]
     if summary["positions"]:
         lines += [
             "",
             "Loss (nats) and top-1 accuracy by position, regular-verse validation poems, best checkpoint. Rhyme: last",
             "character of every even line; line start: first character of lines 2 onwards.",
             "",
-            "| cell | " + " | ".join(f"{c} loss | {c} acc" for c in POSITION_CLASSES) + " |",
-            "| --- |" + " ---: | ---: |" * len(POSITION_CLASSES),
+            *_table(
+                ["cell", *(f"{c} {m}" for c in POSITION_CLASSES for m in ("loss", "acc"))],
+                [
+                    [name, *(_fmt(pos[c][m], 2) for c in POSITION_CLASSES for m in ("loss", "acc"))]
+                    for name, pos in summary["positions"].items()
+                ],
+            ),
         ]
-        for name, pos in summary["positions"].items():
-            cells = [f"{_fmt(pos[c]['loss'], 2)} | {_fmt(pos[c]['acc'], 2)}" for c in POSITION_CLASSES]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["gradient_flow"]:
         keys = sorted({k for f in summary["gradient_flow"].values() for k in f["first"]})
         lines += [
@@ -231,12 +245,14 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             "position's loss that reaches k characters back (geometric mean over seeds), at initialisation and at",
             "the end of training.",
             "",
-            "| cell | " + " | ".join(f"{k} init | {k} end" for k in keys) + " |",
-            "| --- |" + " ---: | ---: |" * len(keys),
+            *_table(
+                ["cell", *(f"{k} {when}" for k in keys for when in ("init", "end"))],
+                [
+                    [name, *(f"{f[w].get(k, math.nan):.2e}" for k in keys for w in ("first", "last"))]
+                    for name, f in summary["gradient_flow"].items()
+                ],
+            ),
         ]
-        for name, f in summary["gradient_flow"].items():
-            cells = [f"{f['first'].get(k, math.nan):.2e} | {f['last'].get(k, math.nan):.2e}" for k in keys]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["not_completed"]:
         lines += ["", "Runs not in the table (crashed, unfinished or never started):", ""]
         lines += [
