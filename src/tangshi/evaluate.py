@@ -18,6 +18,7 @@ from tangshi.checkpoint import Loaded
 from tangshi.corpus import Prepared
 from tangshi.datamodule import PoemDataset, collate
 from tangshi.decoding import SamplingConfig, sample
+from tangshi.model import CharRNN
 from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, split_lines
 
 BEGINS = "春山月风花江秋云"  # one begin character per slice of each constrained set
@@ -34,11 +35,11 @@ COLUMNS = (
 
 
 @torch.no_grad()
-def split_loss(loaded: Loaded, prepared: Prepared, split: str = "test", batch_size: int = 256) -> dict[str, float]:
-    """Token-weighted loss over a split: nats, bits per character, perplexity."""
-    ds = PoemDataset(prepared.splits[split], loaded.vocab)
+def mean_loss(model: CharRNN, ds: PoemDataset, batch_size: int = 256) -> float:
+    """Token-weighted loss (nats per character) of ``model`` over ``ds``, in eval mode; the mode is restored."""
     order = sorted(range(len(ds)), key=ds.lengths.__getitem__)  # length-sorted: little padding
-    model = loaded.model.eval()
+    was_training = model.training
+    model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(order), batch_size):
@@ -46,7 +47,13 @@ def split_loss(loaded: Loaded, prepared: Prepared, split: str = "test", batch_si
         feats, _ = model(batch["inputs"].to(device))
         nll, n = model.nll(feats, batch["targets"].to(device))
         total, count = total + float(nll), count + int(n)
-    loss = total / count
+    model.train(was_training)
+    return total / count
+
+
+def split_loss(loaded: Loaded, prepared: Prepared, split: str = "test", batch_size: int = 256) -> dict[str, float]:
+    """Token-weighted loss over a split: nats, bits per character, perplexity."""
+    loss = mean_loss(loaded.model, PoemDataset(prepared.splits[split], loaded.vocab), batch_size)
     return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(loss)}
 
 
