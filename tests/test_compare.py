@@ -88,8 +88,15 @@ def test_jobs_run_in_parallel_never_share_a_directory(sweep):
         events = EventAccumulator(str(sweep / d / "tensorboard")).Reload()
         times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
         spans.append((min(times), max(times)))  # from fit start (params/*) to the test metrics
-    # the joblib launcher ran jobs 0 and 1 at the same time
-    assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1], spans
+    # The joblib launcher ran two jobs at the same time. Which two depends on when each worker process
+    # finished importing (on a busy CI machine the second one started 3 s late), so any pair counts.
+    overlapping = [
+        (i, j)
+        for i in range(4)
+        for j in range(i + 1, 4)
+        if max(spans[i][0], spans[j][0]) < min(spans[i][1], spans[j][1])
+    ]
+    assert overlapping, spans
 
 
 def test_best_learning_rate_per_cell():

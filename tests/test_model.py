@@ -36,6 +36,25 @@ def test_each_cell_runs_forward_and_backward(cell, head):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+@pytest.mark.parametrize("out_dim", [None, 12])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_step_kernels_reproduce_the_fused_core(cell, out_dim):
+    # decoding steps through the cell kernels; they must give what the fused core gives, state included
+    torch.manual_seed(0)
+    m = CharRNN(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=3, dropout=0.3, out_dim=out_dim).eval()
+    for p in m.core.parameters():  # away from the initial biases, which would hide a swapped gate
+        p.data.normal_(0, 0.3)
+    x, _ = _batch(b=4, t=6)
+    feats, state = m(x)
+    step_feats, step_state = m.step(x[:, 0])
+    for t in range(1, x.shape[1]):
+        step_feats, step_state = m.step(x[:, t], step_state)
+    assert torch.allclose(step_feats, feats[:, -1], atol=1e-5)
+    pairs = zip(state, step_state, strict=True) if cell == "lstm" else [(state, step_state)]
+    for fused, stepped in pairs:
+        assert stepped.shape == fused.shape and torch.allclose(stepped, fused, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_padding_content_cannot_change_the_loss(cell):
     torch.manual_seed(0)

@@ -237,7 +237,12 @@ class Constraints:
         return wrong.float() * -self.cfg.tone_bias
 
     def allowed(self) -> Tensor:
-        return torch.stack([self._allowed_row(r) for r in self.rows]).to(self.device)
+        """``(rows, V)``, or ``(1, V)`` when every row has the same mask (always so without a form): it broadcasts,
+        which spares a ``(rows, V)`` copy per step."""
+        masks = [self._allowed_row(r) for r in self.rows]
+        if all(m is masks[0] for m in masks):
+            return masks[0][None].to(self.device)
+        return torch.stack(masks).to(self.device)
 
     def bias(self) -> Tensor | None:
         biases = [self._bias_row(r) for r in self.rows]
@@ -314,10 +319,11 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
         cons.reorder([0] * cfg.n)
         ids = torch.tensor([[BOS_ID, *prompt]] * cfg.n, device=device)
         feats, state = model(ids)
+        last = feats[:, -1]
         out = [list(prompt) for _ in range(cfg.n)]
         alive = list(range(cfg.n))  # the poem each row of the batch is writing
         for _ in range(cfg.max_chars - len(prompt) + (cfg.form is not None)):
-            logp = _scored(model, cons, feats[:, -1], cfg)
+            logp = _scored(model, cons, last, cfg)
             if cfg.temperature == 0:
                 nxt = logp.argmax(-1)
             else:
@@ -335,7 +341,7 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
                 cons.reorder(keep)
                 index = torch.tensor(keep, device=device)
                 nxt, state = nxt[index], _select(state, index)
-            feats, state = model(nxt[:, None], state)
+            last, state = model.step(nxt, state)
         return [vocab.decode(row) for row in out]
     finally:
         model.train(was_training)
@@ -354,7 +360,7 @@ def _scored(model: CharRNN, cons: Constraints, feats: Tensor, cfg: SamplingConfi
     bias = cons.bias()
     if bias is not None:
         logp = logp + bias
-    return logp.masked_fill(~cons.allowed(), float("-inf"))
+    return logp.masked_fill_(~cons.allowed(), float("-inf"))  # in place: logp is this step's own tensor
 
 
 @torch.no_grad()
@@ -369,11 +375,12 @@ def beam_search(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
     try:
         prompt, cons, device = _prepare(model, vocab, cfg)
         feats, state = model(torch.tensor([[BOS_ID, *prompt]], device=device))
+        last = feats[:, -1]
         seqs = [list(prompt)]
         scores = torch.zeros(1, device=device)
         finished: list[tuple[float, list[int]]] = []
         for _ in range(cfg.max_chars - len(prompt) + 1):
-            logp = _scored(model, cons, feats[:, -1], cfg)
+            logp = _scored(model, cons, last, cfg)
             total = (scores[:, None] + logp).flatten()
             k = min(width, int(torch.isfinite(total).sum()))
             if k == 0:
@@ -395,7 +402,7 @@ def beam_search(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
             cons.reorder(keep_rows)
             cons.advance(keep_tokens)
             state = _select(state, torch.tensor(keep_rows, device=device))
-            feats, state = model(torch.tensor(keep_tokens, device=device)[:, None], state)
+            last, state = model.step(torch.tensor(keep_tokens, device=device), state)
         if len(finished) < cfg.n:  # beams cut by max_len count too
             finished += [(float(s) / max(1, len(q)), q) for s, q in zip(scores.tolist(), seqs, strict=True)]
         finished.sort(key=lambda f: -f[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tangshi.atomic import write_json, write_text
 from tangshi.datamodule import PoemDataset, collate
@@ -50,42 +50,25 @@ def probe_batch(bodies: Sequence[str], vocab: Vocab, length: int = 48, poems: in
     return torch.tensor(rows, dtype=torch.long)
 
 
-# the step-by-step cell of each fused module: same weights, same gate order
-STEP_CELLS: dict[type[nn.RNNBase], type[nn.RNNCellBase]] = {
-    nn.RNN: nn.RNNCell,
-    nn.LSTM: nn.LSTMCell,
-    nn.GRU: nn.GRUCell,
-}
-
-
 def unroll(model: CharRNN, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
     """The core run one step and one layer at a time, dropout off: top-layer features ``(B, T, H)`` and, per
     layer and step, the state tensors (``[h]``, or ``[h, c]`` for an LSTM).
 
-    The fused core hides its recurrence from autograd, so ∂L/∂h_t cannot be read off its output. The
-    step cells (nn.RNNCell, nn.LSTMCell, nn.GRUCell) share the fused modules' parameterisation and gate
-    order, so copying the weights reproduces the model exactly, with every h_t a node of the graph.
+    The fused core hides its recurrence from autograd, so ∂L/∂h_t cannot be read off its output. The step
+    kernels (:meth:`CharRNN.layer_step`) run the same weights with every h_t a node of the graph.
     """
-    core = model.core
-    extra = {"nonlinearity": core.nonlinearity} if isinstance(core, nn.RNN) else {}
     x = model.embed(inputs)
-    cells = []
-    for layer in range(core.num_layers):
-        size = x.shape[-1] if layer == 0 else core.hidden_size
-        cell = STEP_CELLS[type(core)](size, core.hidden_size, bias=core.bias, **extra).to(x.device, x.dtype)
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[: 4 if core.bias else 2]:
-                getattr(cell, name).copy_(getattr(core, f"{name}_l{layer}"))
-        cells.append(cell)
-    state: list[Any] = [None] * len(cells)
-    states: list[list[Tensor]] = [[] for _ in cells]
+    layers = model.core.num_layers
+    state: list[Any] = [None] * layers
+    states: list[list[Tensor]] = [[] for _ in range(layers)]
     top = []
     for t in range(x.shape[1]):
         h = x[:, t]
-        for layer, cell in enumerate(cells):
-            state[layer] = cell(h, state[layer])
-            h = state[layer][0] if isinstance(state[layer], tuple) else state[layer]
-            states[layer].append(list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]])
+        for layer in range(layers):
+            state[layer] = model.layer_step(h, layer, state[layer])
+            parts = list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]]
+            h = parts[0]
+            states[layer].append(parts)
         top.append(h)
     return torch.stack(top, dim=1), states
 
