@@ -28,7 +28,7 @@ def test_bench_script_measures_everything(tmp_path):
         "reps=1",
         "sample_poems=3",
         "budget_s=1",
-        "startup=false",
+        "startup_runs=1",
         f"paths.root_dir={tmp_path}",
         f"hydra.run.dir={tmp_path / 'bench'}",
     )
@@ -50,6 +50,11 @@ def test_bench_script_measures_everything(tmp_path):
         "bucketed, packed",
     }
     assert "| gru |" in out.stdout and "torch.mm peak" in out.stdout
+    (run,) = result["startup"]["runs"]  # scripts/train.py on the same data, timed to its first step
+    assert 0 < run["launch_s"] < run["total_s"]
+    imports = result["startup"]["imports_s"]
+    assert list(imports) == ["python", "torch", "torch + lightning"] and imports["python"] < imports["torch"]
+    assert "Start-up to the first training step" in out.stdout
 
 
 def test_flops_count_the_matrix_products_of_real_tokens(prepared):

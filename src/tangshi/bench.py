@@ -238,8 +238,9 @@ def preparation_times(corpus: CorpusConfig, data_dir: Path) -> dict[str, float]:
     return {"cold_s": cold, "warm_s": warm}
 
 
-def startup_seconds(overrides: list[str], runs: int = 3) -> list[float]:
-    """Seconds from launching ``scripts/train.py`` to its first training step (warm cache), each run fresh."""
+def startup_seconds(overrides: list[str], runs: int = 3) -> list[dict[str, float]]:
+    """Seconds from launching ``scripts/train.py`` to its first training step (warm cache), each run fresh:
+    ``total_s``, and ``launch_s`` of it before ``train()`` was entered (imports and Hydra's composition)."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
     out = []
     for _ in range(runs):
@@ -258,7 +259,25 @@ def startup_seconds(overrides: list[str], runs: int = 3) -> list[float]:
             done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
             if done.returncode:
                 raise TangshiError(f"scripts/train.py {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
-            out.append(json.loads((Path(tmp) / "metrics.json").read_text(encoding="utf-8"))["startup_s"])
+            metrics = json.loads((Path(tmp) / "metrics.json").read_text(encoding="utf-8"))
+            out.append({"total_s": metrics["startup_s"], "launch_s": metrics["launch_s"]})
+    return out
+
+
+IMPORTS = {"python": "pass", "torch": "import torch", "torch + lightning": "import torch, lightning"}
+
+
+def import_seconds(runs: int = 3) -> dict[str, float]:
+    """Best-of-``runs`` wall seconds of a fresh interpreter that only imports each of :data:`IMPORTS`: the
+    floor under start-up that this project's code does not control."""
+    out = {}
+    for name, code in IMPORTS.items():
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.perf_counter() - start)
+        out[name] = min(times)
     return out
 
 
@@ -312,6 +331,7 @@ def run(
     sample_poems: int = 100,
     budget_s: float = 60.0,
     startup_overrides: list[str] | None = None,
+    startup_runs: int = 3,
     options: bool = True,
     diag_every: int = 100,
     diag_steps: int = 2000,
@@ -373,8 +393,11 @@ def run(
     result["diagnostics"] = diagnostics_overhead(fresh(cell), prepared, batches, warmup, diag_every, diag_steps)
     log("corpus preparation, start-up …")
     result["preparation"] = preparation_times(corpus, data_dir)
-    if startup_overrides is not None:
-        result["startup_s"] = startup_seconds(startup_overrides)
+    if startup_runs:
+        result["startup"] = {
+            "runs": startup_seconds(startup_overrides or [], startup_runs),
+            "imports_s": import_seconds(startup_runs),
+        }
     if options:
         result["options"] = measure_options(
             fresh, cell, batches, train_ds, val_ds, batch_size, steps, warmup, reps, device, budget_s, log
@@ -526,8 +549,15 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"{d['overhead']:.1%} of a {d['run_steps']}-step run ({d['step_s'] * 1e3:.0f} ms/step).",
         f"Corpus preparation: {p['cold_s']:.1f} s cold (download cached), {p['warm_s']:.2f} s warm.",
     ]
-    if "startup_s" in r:
-        lines.append("Start-up to the first training step (warm): " + ", ".join(f"{v:.1f} s" for v in r["startup_s"]))
+    if "startup" in r:
+        runs, imports = r["startup"]["runs"], r["startup"]["imports_s"]
+        lines.append(
+            "Start-up to the first training step (warm cache): "
+            + ", ".join(f"{u['total_s']:.1f} s (imports and Hydra {u['launch_s']:.1f} s)" for u in runs)
+            + ". A fresh interpreter that only imports: "
+            + ", ".join(f"{name} {v:.1f} s" for name, v in imports.items())
+            + "."
+        )
     o = r.get("options")
     if o:
         h = o["head"]

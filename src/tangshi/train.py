@@ -38,7 +38,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     """
     run_dir = Path(cfg.paths.output_dir)
     started = time.perf_counter()
-    process_start = process_start or time.time()
+    entered = time.time()
+    process_start = process_start or entered
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
     if cfg.get("ckpt_path") == "last" and metrics_path.exists():
@@ -89,6 +90,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         summary.update(
             steps=trainer.global_step,
             startup_s=module.first_step_at - process_start if module.first_step_at else None,
+            launch_s=entered - process_start,  # of startup_s: imports and Hydra's composition, before train()
             epochs=trainer.current_epoch,
             tokens_seen=module.tokens_seen,
             tokens_per_s=throughput,
