@@ -50,6 +50,8 @@ def test_bench_script_measures_everything(tmp_path):
         "bucketed, packed",
     }
     assert "| gru |" in out.stdout and "torch.mm peak" in out.stdout
+    for c in result["cells"].values():  # one figure per round, three measurements a round
+        assert [len(v) for v in c["rounds"].values()] == [1, 1, 1]
     (run,) = result["startup"]["runs"]  # scripts/train.py on the same data, timed to its first step
     assert 0 < run["launch_s"] < run["total_s"]
     imports = result["startup"]["imports_s"]
