@@ -52,6 +52,10 @@ def test_bench_script_measures_everything(tmp_path):
     assert "| gru |" in out.stdout and "torch.mm peak" in out.stdout
     for c in result["cells"].values():  # one figure per round, three measurements a round
         assert [len(v) for v in c["rounds"].values()] == [1, 1, 1]
+    cost = result["lightning_step_cost"]  # Lightning's fixed cost per step, from a tiny model
+    assert cost["cost_s"] == cost["lightning_step_s"] - cost["plain_step_s"] and cost["plain_step_s"] > 0
+    assert all("lightning_step_cost_share" in c for c in result["cells"].values())
+    assert "Lightning's fixed cost per step" in out.stdout
     (run,) = result["startup"]["runs"]  # scripts/train.py on the same data, timed to its first step
     assert 0 < run["launch_s"] < run["total_s"]
     imports = result["startup"]["imports_s"]

@@ -199,6 +199,29 @@ def lightning_rate(
     return sum(tokens(b) for b in batches[warmup:]) / (clock.end - clock.start)
 
 
+TINY = {"embed_dim": 8, "hidden_size": 8, "num_layers": 1, "head": "full", "out_dim": None}
+
+
+def lightning_step_cost(
+    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], warmup: int, device: str, reps: int
+) -> dict[str, float]:
+    """Seconds per step of the plain loop and of Lightning on a model (:data:`TINY`) and batches (two poems)
+    so small that their difference, Lightning's fixed cost per step, is most of what is timed: unlike a 1-3 %
+    difference between two long timings, it stands out of this machine's noise."""
+    cfg = {**model_cfg, **TINY}
+    batches = [{k: v[:2] for k, v in b.items()} for b in batches]
+    rates = alternate(
+        {
+            "plain": lambda: plain_rate(build_model(cfg, vocab).to(device), batches, warmup),
+            "lightning": lambda: lightning_rate(cfg, vocab, batches, warmup, device),
+        },
+        reps,
+    )
+    per_batch = sum(tokens(b) for b in batches[warmup:]) / len(batches[warmup:])  # of the two-poem batches
+    plain, lit = per_batch / rates["plain"], per_batch / rates["lightning"]
+    return {"plain_step_s": plain, "lightning_step_s": lit, "cost_s": lit - plain}
+
+
 def rounds(measure: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
     """Each measurement once per round, in turn, for ``reps`` rounds, so slow spells hit every side."""
     values: dict[str, list[float]] = {k: [] for k in measure}
@@ -392,6 +415,11 @@ def run(
             "rounds": r,
             "params": model.param_counts(),
         }
+    log("Lightning's fixed cost per step …")
+    cost = result["lightning_step_cost"] = lightning_step_cost(model_cfg, vocab, batches, warmup, device, reps)
+    per_batch = sum(tokens(b) for b in batches[warmup:]) / len(batches[warmup:])
+    for c in result["cells"].values():  # that cost against each cell's own step time
+        c["lightning_step_cost_share"] = cost["cost_s"] / (per_batch / c["lightning_tokens_per_s"])
     cell = cells[0]
     log("sampling …")
     if sampler is None:  # an untrained model never writes <eos>: every poem runs to max_len
@@ -550,6 +578,15 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"{c['lightning_overhead']:+.1%} | {c['useful_flops'] / 1e9:.1f} | {c['mm_peak_flops'] / 1e9:.0f} | "
             f"{c['fraction_of_mm_peak']:.0%} |"
         )
+    cost = r["lightning_step_cost"]
+    lines += [
+        "",
+        f"Lightning's fixed cost per step ({TINY['hidden_size']} hidden units, two poems a batch): "
+        f"{cost['lightning_step_s'] * 1e3:.1f} ms vs {cost['plain_step_s'] * 1e3:.1f} ms in the plain loop, "
+        f"{cost['cost_s'] * 1e3:.1f} ms, which is "
+        + ", ".join(f"{c['lightning_step_cost_share']:.1%} of a {name} step" for name, c in r["cells"].items())
+        + ".",
+    ]
     s = r["sampling"]
     d = r["diagnostics"]
     p = r["preparation"]
