@@ -2,6 +2,7 @@
 
 The fused recurrent modules are used on purpose: they run cuDNN kernels on a GPU and one oneDNN/ATen call
 per layer on a CPU, so the three cells differ only in their recurrence, never in how well they are coded.
+Decoding, one character per call, steps through the single-step kernels instead (:meth:`CharRNN.step`).
 """
 
 from __future__ import annotations
