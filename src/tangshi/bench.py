@@ -199,7 +199,7 @@ def lightning_rate(
     return sum(tokens(b) for b in batches[warmup:]) / (clock.end - clock.start)
 
 
-TINY = {"embed_dim": 8, "hidden_size": 8, "num_layers": 1, "head": "full", "out_dim": None}
+TINY = {"embed_dim": 8, "hidden_size": 8, "param_budget": None, "num_layers": 1, "head": "full", "out_dim": None}
 
 
 def lightning_step_cost(
