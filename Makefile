@@ -23,7 +23,7 @@ train: venv
 sample: venv
 	$(PY) scripts/sample.py ckpt=$(CKPT) $(ARGS)
 
-# training, sampling and start-up speed and the options that trade it (~10 min on 2 cores) → outputs/bench/
+# training, sampling and start-up speed and the options that trade it (~20 min on 2 cores) → outputs/bench/
 bench: venv
 	$(PY) scripts/bench.py $(ARGS)
 

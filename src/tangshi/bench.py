@@ -56,6 +56,11 @@ def tokens(batch: Batch) -> int:
     return int((batch["targets"] != IGNORE_INDEX).sum())
 
 
+def mean_tokens(batches: list[Batch]) -> float:
+    """Real tokens per batch: divided by a tokens/s rate, the seconds a step takes."""
+    return sum(tokens(b) for b in batches) / len(batches)
+
+
 def forward_flops(model: CharRNN, targets: Tensor) -> float:
     """Multiply-adds × 2 of one forward pass over the real tokens of ``targets`` (matrix products only:
     the recurrent gates, the projection and the softmax head; element-wise work is not counted)."""
@@ -217,7 +222,7 @@ def lightning_step_cost(
         },
         reps,
     )
-    per_batch = sum(tokens(b) for b in batches[warmup:]) / len(batches[warmup:])  # of the two-poem batches
+    per_batch = mean_tokens(batches[warmup:])  # of the two-poem batches
     plain, lit = per_batch / rates["plain"], per_batch / rates["lightning"]
     return {"plain_step_s": plain, "lightning_step_s": lit, "cost_s": lit - plain}
 
@@ -417,7 +422,7 @@ def run(
         }
     log("Lightning's fixed cost per step …")
     cost = result["lightning_step_cost"] = lightning_step_cost(model_cfg, vocab, batches, warmup, device, reps)
-    per_batch = sum(tokens(b) for b in batches[warmup:]) / len(batches[warmup:])
+    per_batch = mean_tokens(batches[warmup:])
     for c in result["cells"].values():  # that cost against each cell's own step time
         c["lightning_step_cost_share"] = cost["cost_s"] / (per_batch / c["lightning_tokens_per_s"])
     cell = cells[0]
@@ -451,7 +456,7 @@ def diagnostics_overhead(
     every ``every`` steps, and the position losses once at the end, against ``steps`` training steps."""
     device = next(model.parameters()).device.type
     rate = plain_rate(model, batches, warmup)
-    step_s = sum(tokens(b) for b in batches) / len(batches) / rate
+    step_s = mean_tokens(batches) / rate
     probe = probe_batch(prepared.splits["val"], prepared.vocab).to(device)
     gradient_flow(model, probe)  # warm-up
     start = _now(device)
