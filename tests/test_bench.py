@@ -39,6 +39,8 @@ def test_bench_script_measures_everything(tmp_path):
         assert c["plain_tokens_per_s"] > 0 and c["lightning_tokens_per_s"] > 0
         assert 0 < c["fraction_of_mm_peak"] < 1
     assert result["sampling"]["batched_poems_per_s"] > 0
+    step_s = result["sampling"]["step_s"]  # per decoding step, at a full batch and at one poem
+    assert step_s["one"] > 0 and result["sampling"]["full_batch_speedup"] == 3 * step_s["one"] / step_s["batch"]
     assert result["diagnostics"]["overhead"] > 0 and result["preparation"]["cold_s"] > 0
     options = result["options"]
     assert set(options) >= {"head", "bf16", "compile", "batching", "threads"}

@@ -254,7 +254,21 @@ def sampling_rates(model: CharRNN, vocab: Vocab, n: int) -> dict[str, float]:
     for i in range(n):
         decoding.sample(model, vocab, decoding.SamplingConfig(n=1, seed=i))
     single = n / (time.perf_counter() - start)
-    return {"batched_poems_per_s": batched, "single_poems_per_s": single, "speedup": batched / single}
+    # A regular form ends every poem at the same step, so no poem leaves the batch early: the cost of one
+    # step at n rows against one row bounds what batching can gain.
+    step_s = {}
+    for rows in (1, n):
+        cfg = decoding.SamplingConfig(n=rows, seed=0, form="wuyan_jueju")
+        start = time.perf_counter()
+        decoding.sample(model, vocab, cfg)
+        step_s[rows] = (time.perf_counter() - start) / (cfg.max_chars + 1)
+    return {
+        "batched_poems_per_s": batched,
+        "single_poems_per_s": single,
+        "speedup": batched / single,
+        "step_s": {"one": step_s[1], "batch": step_s[n]},
+        "full_batch_speedup": n * step_s[1] / step_s[n],
+    }
 
 
 def preparation_times(corpus: CorpusConfig, data_dir: Path) -> dict[str, float]:
@@ -598,7 +612,10 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Sampling {s['poems']} poems ({s.get('model', 'untrained')}): {s['batched_poems_per_s']:.1f} poems/s batched, "
-        f"{s['single_poems_per_s']:.2f} poems/s one at a time ({s['speedup']:.0f}×).",
+        f"{s['single_poems_per_s']:.2f} poems/s one at a time ({s['speedup']:.0f}×). A sampling step (wuyan_jueju, "
+        f"no poem ends early): {s['step_s']['batch'] * 1e3:.2f} ms for {s['poems']} poems, "
+        f"{s['step_s']['one'] * 1e3:.2f} ms for one, so a full batch is at most {s['full_batch_speedup']:.0f}× "
+        "one poem's rate.",
         f"Diagnostics: gradient flow {d['gradient_flow_s'] * 1e3:.0f} ms per measurement (every "
         f"{d['every_n_steps']} steps), position losses {d['position_losses_s']:.1f} s once: "
         f"{d['overhead']:.1%} of a {d['run_steps']}-step run ({d['step_s'] * 1e3:.0f} ms/step).",
