@@ -88,7 +88,16 @@ def test_settings_change_the_cache_key(tmp_path, corpus_config):
 
 
 def test_poems_txt_and_jsonl_sources(tmp_path):
-    lines = [f"题{i}:{'春风吹绿江南岸'[i % 7]}山明月照高楼，白云千里水东流。" for i in range(60)]
+    couplets = [
+        "春眠不觉晓，处处闻啼鸟。",
+        "白日依山尽，黄河入海流。",
+        "床前明月光，疑是地上霜。",
+        "红豆生南国，春来发几枝。",
+        "千山鸟飞绝，万径人踪灭。",
+        "松下问童子，言师采药去。",
+        "独坐幽篁里，弹琴复长啸。",
+    ]
+    lines = [f"题{i}:{couplets[i % 7]}" for i in range(60)]
     txt = tmp_path / "poems.txt"
     txt.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     jsonl = tmp_path / "poems.jsonl"
@@ -99,8 +108,8 @@ def test_poems_txt_and_jsonl_sources(tmp_path):
         ),
         encoding="utf-8",
     )
-    a = prepare(CorpusConfig(source="poems_txt", path=str(txt), val_frac=0.2, test_frac=0.2), tmp_path / "d")
-    b = prepare(CorpusConfig(source="jsonl", path=str(jsonl), val_frac=0.2, test_frac=0.2), tmp_path / "d")
+    a = prepare(CorpusConfig(source="poems_txt", path=str(txt), val_frac=0.25, test_frac=0.25), tmp_path / "d")
+    b = prepare(CorpusConfig(source="jsonl", path=str(jsonl), val_frac=0.25, test_frac=0.25), tmp_path / "d")
     assert a.splits == b.splits
     assert sum(map(len, a.splits.values())) == 7  # 60 lines, 7 distinct bodies
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from torch import Tensor
 
 from tangshi.atomic import write_json
@@ -53,6 +54,77 @@ class StepProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the run dir names the run; an empty version number says nothing
         return metrics
+
+
+def parse_duration(value: str | None, name: str = "trainer.max_time") -> float | None:
+    """Seconds in a Lightning-style ``DD:HH:MM:SS`` duration (``HH:MM:SS`` and ``MM:SS`` too); None for None."""
+    if value is None:
+        return None
+    parts = str(value).split(":")
+    try:
+        numbers = [float(x) for x in parts]
+    except ValueError:
+        numbers = []
+    if not 1 <= len(numbers) <= 4 or any(x < 0 for x in numbers):
+        raise TangshiError(f"{name} must be DD:HH:MM:SS (e.g. 00:00:14:00) or null, got {value!r}")
+    seconds = 0.0
+    for unit, x in zip((86400, 3600, 60, 1)[-len(numbers) :], numbers, strict=True):
+        seconds += unit * x
+    return seconds
+
+
+class StoppingRule(L.Callback):
+    """Stops training at ``trainer.max_steps``, at the epoch cap, or after ``max_seconds`` of training in this
+    process, whichever comes first, and always validates the step it stops at, so the best checkpoint can be
+    the final weights and no trained steps go unscored.
+
+    The time limit counts this process only: Lightning's own ``max_time`` restores the time spent before a
+    resume, so a resumed run with a larger ``max_steps`` would stop at once.
+    """
+
+    def __init__(self, max_seconds: float | None = None):
+        self.max_seconds = max_seconds
+        self.stopped_by: str | None = None
+        self._start = 0.0
+
+    def describe(self, trainer: L.Trainer) -> str:
+        limits = []
+        if trainer.max_steps > 0:
+            limits.append(f"{trainer.max_steps} steps (trainer.max_steps)")
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            limits.append(f"{trainer.max_epochs} epochs (trainer.max_epochs)")
+        if self.max_seconds:
+            limits.append(f"{self.max_seconds / 60:g} min of training in this process (trainer.max_time)")
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, EarlyStopping):
+                limits.append(f"no better {cb.monitor} for {cb.patience} validations (early stopping)")
+        return " or ".join(limits) + (", whichever comes first" if len(limits) > 1 else "") if limits else "none"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            self.stopped_by = "max_steps"
+        elif (
+            trainer.max_epochs is not None
+            and trainer.max_epochs > 0
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+            and epoch_loop.batch_progress.is_last_batch
+        ):
+            self.stopped_by = "max_epochs"
+        elif self.max_seconds is not None:
+            out_of_time = trainer.strategy.broadcast(time.monotonic() - self._start >= self.max_seconds)
+            if out_of_time:
+                self.stopped_by = "max_time"
+        if self.stopped_by is not None:
+            # Lightning validates when a callback asks to stop (its early-stopping path), not at max_steps
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_by is None and trainer.should_stop:  # only early stopping asks to stop besides this rule
+            self.stopped_by = "early_stopping"
 
 
 class GradientFlow(L.Callback):

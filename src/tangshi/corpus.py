@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tangshi.atomic import atomic_dir
 from tangshi.errors import TangshiError
-from tangshi.poetics import FORMS, detect_form
+from tangshi.poetics import FORMS, LINE_PUNCT, detect_form
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,12 @@ NPM_SPEC = "chinese-poetry@2.0.1"
 NPM_INTEGRITY = "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ//25K8p3uHNg=="
 SOURCES = ("npm", "chinese_poetry", "poems_txt", "jsonl")
 SPLITS = ("train", "val", "test")
-# Bump when cleaning changes, so caches prepared by older code are not reused.
-PREP_VERSION = 1
+# Bump when cleaning or splitting changes, so caches prepared by older code are not reused.
+PREP_VERSION = 2
+# Near-duplicates (重出 poems, variant readings) share a split: poems sharing a line of at least SHARED_LINE
+# characters, or whose character trigrams overlap by Jaccard >= NEAR_JACCARD, are one group.
+SHARED_LINE = 4
+NEAR_JACCARD = 0.5
 
 
 class CorpusError(TangshiError):
@@ -281,6 +285,63 @@ def split_of(body: str, val_frac: float, test_frac: float) -> str:
     return "val" if u < val_frac else "test" if u < val_frac + test_frac else "train"
 
 
+def _trigrams(body: str) -> set[bytes]:
+    text = re.sub(f"[{LINE_PUNCT}]", "", body)
+    return {text[i : i + 3].encode() for i in range(len(text) - 2)}
+
+
+def near_duplicate_groups(bodies: Sequence[str]) -> list[int]:
+    """For each body, the index of the first body of its group of near-duplicates.
+
+    Two poems are joined when they share a line of at least :data:`SHARED_LINE` characters, or when MinHash
+    LSH (datasketch) proposes them and their character trigrams have a Jaccard similarity of at least
+    :data:`NEAR_JACCARD` (variant readings that change a character in every line). Groups are the connected
+    components, so the result does not depend on the order of ``bodies``, only on the set.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    parent = list(range(len(bodies)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        a, b = find(a), find(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first_with_line: dict[str, int] = {}
+    for i, body in enumerate(bodies):
+        for line in re.split(f"[{LINE_PUNCT}]", body):
+            if len(line) >= SHARED_LINE:
+                union(i, first_with_line.setdefault(line, i))
+    grams = [_trigrams(b) for b in bodies]
+    hashes = MinHash.bulk([g or {b""} for g in grams], num_perm=64, seed=1)
+    lsh = MinHashLSH(threshold=NEAR_JACCARD, num_perm=64)
+    for i, h in enumerate(hashes):
+        lsh.insert(i, h)
+    for i, h in enumerate(hashes):
+        for j in lsh.query(h):
+            if j > i and find(i) != find(j) and len(grams[i] & grams[j]) >= NEAR_JACCARD * len(grams[i] | grams[j]):
+                union(i, j)
+    return [find(i) for i in range(len(bodies))]
+
+
+def grouped_splits(bodies: Sequence[str], val_frac: float, test_frac: float) -> tuple[list[str], int]:
+    """The split of every body, one per group of near-duplicates (the hash of the group's first body in sorted
+    order, so it is the same on every machine), and how many poems that moved from their own hash's split."""
+    groups = near_duplicate_groups(bodies)
+    key: dict[int, str] = {}
+    for i, g in enumerate(groups):
+        key[g] = min(key.get(g, bodies[i]), bodies[i])
+    splits = [split_of(key[g], val_frac, test_frac) for g in groups]
+    moved = sum(s != split_of(b, val_frac, test_frac) for s, b in zip(splits, bodies, strict=True))
+    return splits, moved
+
+
 def clean(poems: Iterable[Poem], cfg: CorpusConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Bodies per split after each cleaning step, and the number of poems left after each step."""
     raw = [Poem(p.title, p.author, re.sub(r"\s+", "", p.body)) for p in poems]
@@ -313,11 +374,17 @@ def clean(poems: Iterable[Poem], cfg: CorpusConfig) -> tuple[dict[str, list[str]
     log.info("kept %d poems of %d to %d characters", len(kept), cfg.min_len, cfg.max_len)
 
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for body in kept:
-        splits[split_of(body, cfg.val_frac, cfg.test_frac)].append(body)
+    assigned, moved = grouped_splits(kept, cfg.val_frac, cfg.test_frac)
+    for body, split in zip(kept, assigned, strict=True):
+        splits[split].append(body)
+    counts["near_duplicates_moved"] = moved
     for s in SPLITS:
         counts[s] = len(splits[s])
-    log.info("split: %s", ", ".join(f"{s} {len(splits[s])}" for s in SPLITS))
+    log.info(
+        "split: %s (%d poems moved to the split of a near-duplicate)",
+        ", ".join(f"{s} {len(splits[s])}" for s in SPLITS),
+        moved,
+    )
     if not splits["train"] or not splits["val"]:
         raise CorpusError(
             f"the corpus is empty after filtering ({len(kept)} poems left; train {len(splits['train'])}, "

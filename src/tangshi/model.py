@@ -62,6 +62,19 @@ def check_config(
         raise TangshiError("model.tie_weights=true needs model.head=full")
 
 
+def head_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
+    """The adaptive softmax's cluster boundaries for a vocabulary of ``vocab_size`` tokens: the configured ones
+    that fall inside it, or, when none does (a small corpus), boundaries at a sixth and at half of it, the
+    shares the defaults take of the Tang vocabulary."""
+    kept = sorted({int(c) for c in cutoffs if 0 < c < vocab_size - 1})
+    if kept:
+        return kept
+    derived = sorted({c for c in (vocab_size // 6, vocab_size // 2) if 0 < c < vocab_size - 1})
+    if not derived:
+        raise TangshiError(f"model.head=adaptive needs a vocabulary of at least 4 characters, got {vocab_size - 4}")
+    return derived
+
+
 class CharRNN(nn.Module):
     """A character language model whose recurrent core is chosen by ``cell``.
 
@@ -112,7 +125,7 @@ class CharRNN(nn.Module):
             if tie_weights:
                 self.decoder.weight = self.embed.weight
         else:
-            cutoffs = [c for c in adaptive_cutoffs if c < vocab_size - 1]
+            cutoffs = head_cutoffs(adaptive_cutoffs, vocab_size)
             self.decoder = nn.AdaptiveLogSoftmaxWithLoss(out_dim, vocab_size, cutoffs, div_value=4.0, head_bias=True)
         self.reset_parameters(unigram_counts)
 

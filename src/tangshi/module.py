@@ -8,6 +8,7 @@ the learning rate, and a few sampled poems as text after each validation.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from tangshi.model import CharRNN, resolve_budget
 from tangshi.poetics import poetics_metrics
 from tangshi.vocab import Vocab
 
+log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
 CHECKPOINT_FORMAT = 1
 SCHEDULERS = ("constant", "cosine")
@@ -53,12 +55,45 @@ def resolve_lr(optim: dict[str, Any], cell: str) -> dict[str, Any]:
     return optim
 
 
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio`` of the peak at ``total`` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+class LRSchedule:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` of the peak at ``total`` steps,
+    as a multiplier of the peak rate (for ``LambdaLR``).
+
+    A run resumed with a larger ``trainer.max_steps`` continues its schedule instead of jumping to where a
+    longer schedule would be: from the resume step on, the rate decays by a cosine from the multiplier it had
+    there to ``min_ratio`` at the new total (:meth:`extended`). ``segments`` holds those continuations as
+    ``[start step, multiplier at start, end step]``, oldest first.
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float = 0.1, segments: list[list[float]] | None = None):
+        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
+        self.segments = [list(seg) for seg in segments or []]
+
+    @property
+    def end(self) -> int:
+        """The step at which the rate reaches ``min_ratio``: the last segment's end, or ``total``."""
+        return int(self.segments[-1][2]) if self.segments else self.total
+
+    def _cosine(self, step: int, start: int, ratio: float, end: int) -> float:
+        progress = min(1.0, (step - start) / max(1, end - start))
+        return self.min_ratio + (ratio - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def __call__(self, step: int) -> float:
+        for start, ratio, end in reversed(self.segments):
+            if step >= start:
+                return self._cosine(step, int(start), ratio, int(end))
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return self._cosine(step, self.warmup, 1.0, self.total)
+
+    def extended(self, step: int, total: int) -> LRSchedule:
+        """This schedule, continued from ``step`` to end at ``total`` without a jump in the rate."""
+        if total == self.end:
+            return self
+        return LRSchedule(self.warmup, self.total, self.min_ratio, [*self.segments, [step, self(step), total]])
+
+    def state(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "total": self.total, "min_ratio": self.min_ratio, "segments": self.segments}
 
 
 class PoemLM(L.LightningModule):
@@ -91,6 +126,8 @@ class PoemLM(L.LightningModule):
         self._clock_tokens = 0
         # Gradient-norm statistics over all steps, kept as tensors so a GPU never waits on them.
         self.grad_stats: dict[str, Tensor] = {}
+        self.schedule: LRSchedule | None = None
+        self._restored_schedule: tuple[int, dict[str, Any]] | None = None  # (step, state) from a checkpoint
 
     def on_fit_start(self) -> None:
         # Parameter counts as scalars, so TensorBoard and reports can set cells side by side at equal budgets.
@@ -228,10 +265,18 @@ class PoemLM(L.LightningModule):
         if o.get("scheduler", "cosine") == "constant":
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(int(o.get("warmup_steps", 0)), max(1, total // 10)) or 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, warmup, total, float(o.get("min_lr_ratio", 0.1)))
-        )
+        if self._restored_schedule is not None:  # resumed: continue the stored schedule, to a new end if asked
+            step, state = self._restored_schedule
+            self.schedule = LRSchedule(**state).extended(step, total)
+        else:
+            warmup = int(o.get("warmup_steps", 0))
+            if warmup >= total:
+                log.warning("optim.warmup_steps=%d >= %d steps: the rate never reaches optim.lr", warmup, total)
+            self.schedule = LRSchedule(warmup, total, float(o.get("min_lr_ratio", 0.1)))
+        schedule = self.schedule
+        # A plain function, so LambdaLR keeps no copy of the schedule in its state: the schedule travels in
+        # the tangshi part of the checkpoint, where a resume can extend it.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------------------------
@@ -243,6 +288,7 @@ class PoemLM(L.LightningModule):
             "vocab": self.vocab.to_dict(),
             "torch_rng": torch.get_rng_state(),
             "grad_stats": {k: v.cpu() for k, v in self.grad_stats.items()},
+            "schedule": self.schedule.state() if self.schedule is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -254,3 +300,6 @@ class PoemLM(L.LightningModule):
         if rng is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(rng)
             self.grad_stats = dict(checkpoint[CHECKPOINT_KEY].get("grad_stats", {}))
+            schedule = checkpoint[CHECKPOINT_KEY].get("schedule")
+            if schedule is not None:
+                self._restored_schedule = (int(checkpoint.get("global_step", 0)), schedule)

@@ -14,18 +14,19 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
 from tangshi import checkpoint
 from tangshi.atomic import write_json, write_text
-from tangshi.callbacks import GradientFlow
-from tangshi.config import default_threads, plain
+from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
+from tangshi.config import command_line_keys, cpu_has_amx, default_threads, plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.diagnostics import position_losses
 from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
+from tangshi.poetics import detect_form
 
 log = logging.getLogger(__name__)
 CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
@@ -55,12 +56,20 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     SamplingConfig(**plain(cfg.samples))
     torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES)))
 
+    stopping = StoppingRule(parse_duration(time_limit(cfg)))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # the bar is a callback: drop it rather than fail
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+
     L.seed_everything(cfg.seed, workers=True)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        max_time=None,  # StoppingRule enforces it, counting this process only
         logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
-        callbacks=[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],
+        callbacks=[*callbacks, stopping],
     )
+    log.info("precision: %s%s", trainer.precision, " (this CPU has AMX)" if cpu_has_amx() else "")
+    log.info("stopping rule: %s", stopping.describe(trainer))
     if trainer.is_global_zero:
         write_json(metrics_path, summary)
     try:
@@ -89,6 +98,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         throughput = module.timed_tokens * trainer.world_size / module.train_seconds if module.train_seconds else None
         summary.update(
             steps=trainer.global_step,
+            stopped_by=stopping.stopped_by,
+            precision=str(trainer.precision),
             startup_s=module.first_step_at - process_start if module.first_step_at else None,
             launch_s=entered - process_start,  # of startup_s: imports and Hydra's composition, before train()
             epochs=trainer.current_epoch,
@@ -100,10 +111,13 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, GradientFlow) and cb.measurements:
                 summary["gradient_flow"] = cb.summary()
-        if best:
-            score = float(ckpt_cb.best_model_score)  # type: ignore[union-attr, arg-type]
-            summary.update(best_checkpoint=best, best_val_loss=score, best_val_bpc=bits(score))
+        score = ckpt_cb.best_model_score if isinstance(ckpt_cb, ModelCheckpoint) else None
+        if best and score is not None:
+            summary.update(best_checkpoint=best, best_val_loss=float(score), best_val_bpc=bits(float(score)))
             summary["last_checkpoint"] = str(Path(best).with_name("last.ckpt"))
+        else:  # no validation ran (a run stopped before its first step): nothing to test or sample
+            best = ""
+            log.warning("no validation ran, so there is no best checkpoint (steps: %d)", trainer.global_step)
         if cfg.get("test_after_fit", True):
             result = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
             test = result[0] if result else {}
@@ -111,8 +125,10 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if best and trainer.is_global_zero:
             loaded = checkpoint.load(best)
             summary["best_step"] = loaded.step
-            if cfg.get("position_losses", True):  # rhyme positions vs the rest, on the validation split
-                val = datamodule.prepared.splits["val"]  # type: ignore[union-attr]
+            val = datamodule.prepared.splits["val"]  # type: ignore[union-attr]
+            if cfg.get("position_losses", True) and not any(detect_form(b) for b in val):
+                log.info("rhyme-position losses skipped: the validation split holds no regular verse")
+            elif cfg.get("position_losses", True):  # rhyme positions vs the rest, on the validation split
                 positions = position_losses(loaded.model, loaded.vocab, val)
                 summary["positions"] = positions["classes"]
                 summary["loss_by_position"] = positions["by_position"]["loss"]
@@ -130,6 +146,15 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if trainer.is_global_zero:
             write_json(metrics_path, summary)
     return summary
+
+
+def time_limit(cfg: DictConfig) -> str | None:
+    """``trainer.max_time`` unless the command line set ``trainer.max_steps`` and not ``trainer.max_time``: an
+    explicit step count wins over the default time guard, which would otherwise cut it silently."""
+    given = command_line_keys()
+    if "trainer.max_steps" in given and "trainer.max_time" not in given:
+        return None
+    return cfg.trainer.get("max_time")
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, summary: dict[str, Any]) -> None:

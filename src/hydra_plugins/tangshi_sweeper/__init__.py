@@ -1,0 +1,1 @@
+"""tangshi's Hydra plugins: the resumable Optuna sweeper (hydra/sweeper=resumable_optuna)."""
