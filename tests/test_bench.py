@@ -5,7 +5,7 @@ import json
 
 from tangshi.bench import forward_flops, make_batches
 from tangshi.datamodule import PoemDataset
-from tangshi.model import CharRNN
+from tangshi.model import CharLM
 
 from .conftest import FIXTURE, run_script
 
@@ -66,7 +66,7 @@ def test_bench_script_measures_everything(tmp_path):
 
 
 def test_flops_count_the_matrix_products_of_real_tokens(prepared):
-    model = CharRNN(len(prepared.vocab), cell="gru", embed_dim=8, hidden_size=16, num_layers=1, head="full")
+    model = CharLM(len(prepared.vocab), cell="gru", embed_dim=8, hidden_size=16, num_layers=1, head="full")
     batch = make_batches(PoemDataset(prepared.splits["train"], prepared.vocab), 4, 1)[0]
     n = int((batch["targets"] != -100).sum())
     core = 2 * 3 * 16 * (8 + 16)  # three gate blocks, each (16 x 8) and (16 x 16)

@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import pytest
@@ -5,8 +6,8 @@ import torch
 
 from tangshi.decoding import SamplingConfig, filter_logits, sample
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
-from tangshi.poetics import FORMS, detect_form, poetics_metrics, rhymes, split_lines, tone_rules
+from tangshi.model import CharLM
+from tangshi.poetics import FORMS, detect_form, rhymes, split_lines, tone_rules
 from tangshi.vocab import Vocab
 
 VOCAB = Vocab.build(["白日依山尽，黄河入海流。", "欲穷千里目，更上一层楼。"])
@@ -15,7 +16,7 @@ VOCAB = Vocab.build(["白日依山尽，黄河入海流。", "欲穷千里目，
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return CharRNN(len(VOCAB), cell="gru", embed_dim=8, hidden_size=16, num_layers=1, unigram_counts=VOCAB.counts)
+    return CharLM(len(VOCAB), cell="gru", embed_dim=8, hidden_size=16, num_layers=1, unigram_counts=VOCAB.counts)
 
 
 def test_same_seed_same_poems_other_seed_other_poems(model):
@@ -120,18 +121,28 @@ def test_begin_then_form(trained):
 
 
 def test_beam_search_is_deterministic_and_obeys_the_form(trained):
-    cfg = SamplingConfig(n=3, beam=4, form="wuyan_jueju", rhyme=True, repetition_penalty=1.3)
+    cfg = SamplingConfig(n=3, beam=4, form="wuyan_jueju", rhyme=True, repetition_penalty=1.0)
     a = sample(trained.model, trained.vocab, cfg)
     assert a == sample(trained.model, trained.vocab, replace(cfg, seed=99))  # beam search ignores the seed
     assert len(a) == 3 and len(set(a)) == 3
     assert all(detect_form(p) == "wuyan_jueju" and rhymes(p) for p in a)
 
 
-def test_repetition_penalty_raises_character_variety(trained):
-    base = SamplingConfig(n=32, temperature=0.7, seed=6, form="qiyan_lvshi")
-    plain = poetics_metrics(sample(trained.model, trained.vocab, base))["distinct_1"]
-    penalised = poetics_metrics(sample(trained.model, trained.vocab, replace(base, repetition_penalty=3.0)))
-    assert penalised["distinct_1"] > plain
+def repeated_share(poems: list[str]) -> float:
+    """Share of a poem's characters (punctuation aside) that already occurred earlier in it."""
+    repeats = total = 0
+    for p in poems:
+        chars = [c for c in p if c not in "，。"]
+        repeats += len(chars) - len(set(chars))
+        total += len(chars)
+    return repeats / total
+
+
+def test_repetition_penalty_lowers_the_repeated_character_rate(trained):
+    base = SamplingConfig(n=32, temperature=0.8, seed=6, form="qiyan_lvshi")
+    plain = repeated_share(sample(trained.model, trained.vocab, base))
+    penalised = repeated_share(sample(trained.model, trained.vocab, replace(base, repetition_penalty=1.5)))
+    assert penalised < 0.7 * plain, (plain, penalised)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +153,10 @@ def test_repetition_penalty_raises_character_variety(trained):
         ({"begin": "白日", "acrostic": "春夏"}, "cannot both hold: the first line must start with '春'"),
         ({"rhyme": True}, "need a form"),
         ({"form": "sonnet"}, "unknown form 'sonnet'"),
-        ({"repetition_penalty": 0.5}, "repetition_penalty must be >= 1"),
+        ({"repetition_penalty": -0.5}, "repetition_penalty must be >= 0"),
+        ({"acrostic": "，春", "form": "wuyan_jueju"}, "acrostic character '，' is not allowed: an acrostic is Chinese"),
+        ({"acrostic": "<eos>"}, "acrostic character '<' is not allowed"),
+        ({"beam": 4, "n": 2, "beam_groups": 5}, "beam_groups must be between 1 and the number of beams"),
     ],
 )
 def test_impossible_requests_are_one_clear_error(kwargs, message):
@@ -183,3 +197,111 @@ def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
     counts = torch.bincount(picks, minlength=6).float() / len(picks)
     assert counts[[0, 2, 5]].sum() == 0
     torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)
+
+
+# -- hand-built models: distributions known exactly ------------------------------------------------------
+
+
+class TableLM(torch.nn.Module):
+    """A real (bigram) language model with a hand-written table: the next character's log-probabilities
+    depend on the last token only. Implements the interface decoding uses (forward, step, log_probs,
+    select_state), so beam search and sampling can be checked against exact enumeration."""
+
+    def __init__(self, log_table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(log_table, requires_grad=False)
+
+    def forward(self, ids, state=None):
+        return torch.nn.functional.one_hot(ids, self.table.shape[0]).float(), None
+
+    def step(self, tokens, state=None):
+        return torch.nn.functional.one_hot(tokens, self.table.shape[0]).float(), None
+
+    def select_state(self, state, index):
+        return state
+
+    def log_probs(self, feats):
+        return self.table[feats.argmax(-1)]  # impossible transitions stay at -inf
+
+
+def table_lm(vocab: Vocab, rows: dict[str, dict[str, float]]) -> TableLM:
+    """Log-probability table from ``{previous: {next: probability}}`` (``<bos>`` and ``<eos>`` by name)."""
+    table = torch.full((len(vocab), len(vocab)), -math.inf)
+    for prev, nexts in rows.items():
+        for nxt, p in nexts.items():
+            table[vocab.stoi[prev], vocab.stoi[nxt]] = float(torch.tensor(p).log())
+    return TableLM(table)
+
+
+ABC = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "甲", "乙", "丙"], [0, 0, 1, 0, 1, 1, 1])
+
+
+def test_beam_ranks_finished_and_cut_poems_by_score_per_generated_token():
+    # After the prompt 甲乙 the model ends at log p -1.0, or writes 丙 (-0.8) and ends (-0.8): per generated
+    # token 甲乙丙 is better (-0.8 > -1.0). Dividing by the prompt's length as well would put 甲乙 first
+    # (-1.0/3 > -1.6/4). Longer poems, 丙丙… up to the length limit (cut poems: no <eos> scored), are worse.
+    log = {("<bos>", "甲"): 0.0, ("甲", "乙"): 0.0, ("乙", "<eos>"): -1.0, ("乙", "丙"): -0.8}
+    log |= {("丙", "<eos>"): -0.8, ("丙", "丙"): -2.0}
+    table = torch.full((len(ABC), len(ABC)), -math.inf)
+    for (a, b), v in log.items():
+        table[ABC.stoi[a], ABC.stoi[b]] = v
+    model = TableLM(table)
+    cfg = SamplingConfig(n=1, beam=8, begin="甲乙", max_len=6)
+    # exhaustive reference: every continuation, scored by the definition (sum over generated tokens / count)
+    scores = {}
+    for extra in range(0, cfg.max_len - 1):
+        steps = list(zip(("乙" + "丙" * extra)[:extra], "丙" * extra, strict=True))
+        total = sum(log[step] for step in steps)
+        if 2 + extra < cfg.max_len:
+            scores["甲乙" + "丙" * extra] = (total + log[("丙" if extra else "乙", "<eos>")]) / (extra + 1)
+        else:
+            scores["甲乙" + "丙" * extra] = total / extra
+    assert max(scores, key=scores.get) == "甲乙丙"
+    assert sample(model, ABC, cfg) == ["甲乙丙"]
+    # a cut poem against a finished one: only 丙丙丙丙 fits in max_len=6 besides shorter finished ones
+    ranked = sample(model, ABC, replace(cfg, n=len(scores), beam=len(scores), beam_groups=1))
+    assert ranked == sorted(scores, key=lambda k: -scores[k])
+
+
+def test_diverse_beam_groups_return_different_poems(trained):
+    cfg = SamplingConfig(n=8, beam=8, form="wuyan_jueju")
+    poems = sample(trained.model, trained.vocab, cfg)
+    assert len(poems) == 8 and len(set(poems)) == 8
+    assert len({p.split("，")[0] for p in poems}) >= 4, poems  # not one first line eight times
+    one_group = sample(trained.model, trained.vocab, replace(cfg, beam_groups=1))
+    assert len({p.split("，")[0] for p in one_group}) < len({p.split("，")[0] for p in poems})
+
+
+def test_a_confident_repeat_loses_most_of_its_odds_under_the_penalty():
+    # After 甲 the model repeats 甲 with probability 0.95. A penalty of 1.5 nats must cut that to
+    # 0.95·e^-1.5 / (0.95·e^-1.5 + 0.05) = 0.81; scaling the log-probability by 1.5 (-0.05 → -0.077) would
+    # leave it at 0.95.
+    model = table_lm(ABC, {"<bos>": {"甲": 1.0}, "甲": {"甲": 0.95, "乙": 0.05}, "乙": {"<eos>": 1.0}})
+    cfg = SamplingConfig(n=4000, temperature=1.0, top_p=1.0, max_len=2, seed=0)
+    repeats = sum(p == "甲甲" for p in sample(model, ABC, cfg)) / cfg.n
+    penalised = sum(p == "甲甲" for p in sample(model, ABC, replace(cfg, repetition_penalty=1.5))) / cfg.n
+    assert abs(repeats - 0.95) < 0.015 and abs(penalised - 0.809) < 0.02, (repeats, penalised)
+
+
+def test_tone_bias_is_in_nats_of_the_sampled_distribution_at_any_temperature():
+    # A uniform model over characters: at the 4th character of a wuyan_jueju whose 2nd is level (平), tone
+    # steering wants an oblique (仄) one, so a level-only character's odds against a neutral one must be
+    # e^-bias, at temperature 1 and at 2 alike (applied before the temperature, it would be e^-bias/2).
+    from tangshi.poetics import PING, ZE, phonology
+
+    phon = phonology()
+    chars = [c for c in "山河花鸟风月春秋天人心水云江寒石" if c]
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "，", "。", *chars], [0, 0, 1, 0, 1, 1] + [1] * len(chars))
+    uniform = torch.zeros(len(vocab), len(vocab))
+    model = TableLM(uniform.log_softmax(-1))
+    level = [c for c in chars if phon.tone(c) == frozenset({PING})]
+    oblique = [c for c in chars if phon.tone(c) == frozenset({ZE})]
+    begin = level[0] + level[1] + oblique[0]  # second character level: the fourth is steered to oblique
+    for temperature in (1.0, 2.0):
+        cfg = SamplingConfig(
+            n=6000, begin=begin, form="wuyan_jueju", tone=True, tone_bias=1.0, temperature=temperature, top_p=1.0
+        )
+        fourth = [p[3] for p in sample(model, vocab, cfg)]
+        share_level = sum(c in level for c in fourth) / len(fourth)
+        expected = len(level) * math.exp(-1.0) / (len(level) * math.exp(-1.0) + len(chars) - len(level))
+        assert abs(share_level - expected) < 0.02, (temperature, share_level, expected)

@@ -17,7 +17,7 @@ from tangshi.diagnostics import (
     unroll,
 )
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
+from tangshi.model import CharLM
 from tangshi.poetics import detect_form, phonology, split_lines
 from tangshi.vocab import BOS_ID
 
@@ -25,7 +25,7 @@ from tangshi.vocab import BOS_ID
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_unrolled_steps_reproduce_the_fused_core(cell):
     torch.manual_seed(0)
-    model = CharRNN(50, cell=cell, embed_dim=8, hidden_size=12, num_layers=2, dropout=0.0).eval()
+    model = CharLM(50, cell=cell, embed_dim=8, hidden_size=12, num_layers=2, dropout=0.0).eval()
     x = torch.randint(0, 50, (3, 9))
     top, states = unroll(model, x)
     fused, _ = model.core(model.embed(x))
@@ -37,7 +37,7 @@ def test_gradient_flow_matches_a_hand_built_tanh_rnn():
     """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) written out by hand for two layers; autograd on each
     h_t (retain_grad) must give the same per-layer, per-distance norms."""
     torch.manual_seed(1)
-    model = CharRNN(40, cell="rnn", embed_dim=6, hidden_size=10, num_layers=2, dropout=0.0).eval()
+    model = CharLM(40, cell="rnn", embed_dim=6, hidden_size=10, num_layers=2, dropout=0.0).eval()
     tokens = torch.randint(0, 40, (4, 13))
     inputs, target = tokens[:, :-1], tokens[:, -1]
     core = model.core
@@ -69,7 +69,7 @@ def test_small_recurrent_weights_give_geometric_decay():
     falls by exactly ρ per step back, the vanishing gradient of a vanilla RNN in its textbook form."""
     torch.manual_seed(2)
     rho, hidden = 0.6, 32
-    model = CharRNN(30, cell="rnn", embed_dim=8, hidden_size=hidden, num_layers=1, dropout=0.0, head="full").eval()
+    model = CharLM(30, cell="rnn", embed_dim=8, hidden_size=hidden, num_layers=1, dropout=0.0, head="full").eval()
     with torch.no_grad():
         q, _ = torch.linalg.qr(torch.randn(hidden, hidden))
         model.core.weight_hh_l0.copy_(rho * q)

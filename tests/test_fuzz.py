@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tangshi.corpus import _READABLE, clean_body
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
+from tangshi.model import CharLM
 from tangshi.poetics import detect_form, poetics_metrics, score_poem, split_lines
 from tangshi.vocab import Vocab
 
@@ -25,7 +25,7 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 VOCAB = Vocab.build(["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"])
 torch.manual_seed(0)
-MODEL = CharRNN(len(VOCAB), cell="gru", embed_dim=8, hidden_size=8, num_layers=1)
+MODEL = CharLM(len(VOCAB), cell="gru", embed_dim=8, hidden_size=8, num_layers=1)
 
 
 @FAST

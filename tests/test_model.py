@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CELLS, IGNORE_INDEX, CharRNN, core_params, hidden_for_budget, resolve_budget
+from tangshi.model import CORES, IGNORE_INDEX, CharLM, core_params, hidden_for_budget, resolve_budget
 
 V = 50
 
@@ -17,11 +17,11 @@ def _batch(b=3, t=9, seed=0):
 
 
 @pytest.mark.parametrize("head", ["full", "adaptive"])
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CORES))
 def test_each_cell_runs_forward_and_backward(cell, head):
     torch.manual_seed(0)
-    m = CharRNN(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=2, head=head, adaptive_cutoffs=[10, 30])
-    assert isinstance(m.core, CELLS[cell])
+    m = CharLM(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=2, head=head, adaptive_cutoffs=[10, 30])
+    assert isinstance(m.core, CORES[cell])
     x, y = _batch()
     feats, _ = m(x)
     assert feats.shape == (3, 9, 24)
@@ -36,12 +36,22 @@ def test_each_cell_runs_forward_and_backward(cell, head):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def _states_equal(a, b) -> bool:
+    """Equal recurrent states, key/value caches included, within float tolerance."""
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    if isinstance(a, int):
+        return a == b
+    return len(a) == len(b) and all(_states_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("out_dim", [None, 12])
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_step_kernels_reproduce_the_fused_core(cell, out_dim):
-    # decoding steps through the cell kernels; they must give what the fused core gives, state included
+@pytest.mark.parametrize("cell", list(CORES))
+def test_stepping_reproduces_the_parallel_pass(cell, out_dim):
+    # Decoding steps one token at a time (the step kernels, the sequential minimal cells, a key/value cache);
+    # it must give what the parallel pass (fused core, scan, causal attention) gives, state included.
     torch.manual_seed(0)
-    m = CharRNN(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=3, dropout=0.3, out_dim=out_dim).eval()
+    m = CharLM(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=3, dropout=0.3, out_dim=out_dim).eval()
     for p in m.core.parameters():  # away from the initial biases, which would hide a swapped gate
         p.data.normal_(0, 0.3)
     x, _ = _batch(b=4, t=6)
@@ -50,27 +60,38 @@ def test_step_kernels_reproduce_the_fused_core(cell, out_dim):
     for t in range(1, x.shape[1]):
         step_feats, step_state = m.step(x[:, t], step_state)
     assert torch.allclose(step_feats, feats[:, -1], atol=1e-5)
-    pairs = zip(state, step_state, strict=True) if cell == "lstm" else [(state, step_state)]
-    for fused, stepped in pairs:
-        assert stepped.shape == fused.shape and torch.allclose(stepped, fused, atol=1e-5)
+    assert _states_equal(state, step_state)
+    # and the parallel pass continues from a stepped state as the steps do
+    more, _ = _batch(b=4, t=3, seed=1)
+    cont, _ = m(more, step_state)
+    for t in range(3):
+        step_feats, step_state = m.step(more[:, t], step_state)
+    assert torch.allclose(cont[:, -1], step_feats, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_padding_content_cannot_change_the_loss(cell):
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+@pytest.mark.parametrize("cell", list(CORES))
+def test_padding_content_cannot_change_the_loss(cell, head):
     torch.manual_seed(0)
-    m = CharRNN(V, cell=cell, embed_dim=8, hidden_size=8, num_layers=1).eval()
+    m = CharLM(V, cell=cell, embed_dim=8, hidden_size=32, num_layers=1, head=head, adaptive_cutoffs=[10, 30]).eval()
     x, y = _batch(b=2, t=10)
     y[1, 6:] = IGNORE_INDEX  # the second sequence ends at position 6; the rest is padding
     x2 = x.clone()
     x2[1, 6:] = torch.randint(0, V, (4,))  # anything in the padded input positions
+    y2 = y.clone()
+    y2[1, 6:] = IGNORE_INDEX
     a, na = m.nll(m(x)[0], y)
-    b, nb = m.nll(m(x2)[0], y)
+    b, nb = m.nll(m(x2)[0], y2)
     assert int(na) == int(nb) == 16
     assert torch.equal(a, b)
+    # the padded row's real part scores as that row alone, so padding is neither counted nor averaged over
+    alone, n_alone = m.nll(m(x[1:, :6])[0], y[1:, :6])
+    first, _n_first = m.nll(m(x[:1])[0], y[:1])
+    assert int(n_alone) == 6 and torch.allclose(a, alone + first, rtol=1e-5)
 
 
 def test_lstm_forget_gate_bias_is_effectively_one():
-    m = CharRNN(V, cell="lstm", embed_dim=8, hidden_size=6, num_layers=2)
+    m = CharLM(V, cell="lstm", embed_dim=8, hidden_size=6, num_layers=2)
     for layer in range(2):
         total = getattr(m.core, f"bias_ih_l{layer}") + getattr(m.core, f"bias_hh_l{layer}")
         assert torch.equal(total[6:12], torch.ones(6))  # gates i, f, g, o: f is the second block
@@ -80,7 +101,7 @@ def test_lstm_forget_gate_bias_is_effectively_one():
 @pytest.mark.parametrize("head", ["full", "adaptive"])
 def test_output_starts_at_the_unigram_distribution(head):
     counts = [0, 0, 100] + [1000 // (i + 1) for i in range(V - 3)]
-    m = CharRNN(V, embed_dim=8, hidden_size=32, head=head, adaptive_cutoffs=[10, 30], unigram_counts=counts)
+    m = CharLM(V, embed_dim=8, hidden_size=32, head=head, adaptive_cutoffs=[10, 30], unigram_counts=counts)
     with torch.no_grad():
         m.decoder.weight.zero_() if head == "full" else m.decoder.head.weight.zero_()
         if head == "adaptive":
@@ -97,7 +118,7 @@ def test_output_starts_at_the_unigram_distribution(head):
 
 
 def test_weight_tying_shares_the_matrix_through_a_projection():
-    m = CharRNN(V, embed_dim=8, hidden_size=16, tie_weights=True)
+    m = CharLM(V, embed_dim=8, hidden_size=16, tie_weights=True)
     assert m.decoder.weight is m.embed.weight
     assert m.param_counts()["total"] == sum(p.numel() for p in m.parameters())
 
@@ -105,7 +126,9 @@ def test_weight_tying_shares_the_matrix_through_a_projection():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cell": "transformer"}, "unknown model.cell 'transformer'; allowed: rnn, lstm, gru"),
+        ({"cell": "xlstm"}, "unknown model.cell 'xlstm'; allowed: rnn, lstm, gru, mingru, minlstm, transformer"),
+        ({"cell": "transformer", "hidden_size": 30, "heads": 4}, "must split into model.heads=4 heads"),
+        ({"cell": "transformer", "positions": "alibi"}, "unknown model.positions 'alibi'"),
         ({"hidden_size": 0}, "model.hidden_size must be a positive integer, got 0"),
         ({"num_layers": -1}, "model.num_layers must be a positive integer"),
         ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
@@ -115,17 +138,17 @@ def test_weight_tying_shares_the_matrix_through_a_projection():
 )
 def test_bad_settings_are_one_clear_error(kwargs, message):
     with pytest.raises(TangshiError, match=message):
-        CharRNN(V, **kwargs)
+        CharLM(V, **kwargs)
 
 
 @pytest.mark.parametrize("budget", [200_000, 691_200, 1_500_000, 5_000_000])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_param_budget_matches_every_cell_within_two_percent(budget, layers):
-    for cell in CELLS:
-        h = hidden_for_budget(cell, budget, input_size=128, num_layers=layers)
-        core = CharRNN(50, cell=cell, embed_dim=128, hidden_size=h, num_layers=layers).param_counts()["core"]
-        assert core == core_params(cell, 128, h, layers)
-        assert abs(core - budget) <= 0.02 * budget, (cell, h, core)
+    for cell in CORES:
+        settings = resolve_budget({"cell": cell, "embed_dim": 128, "num_layers": layers, "param_budget": budget})
+        core = CharLM(50, **settings).param_counts()["core"]  # counted from the built module, not the formula
+        assert core == core_params(cell, 128, settings["hidden_size"], layers, mlp_width=settings.get("mlp_width"))
+        assert abs(core - budget) <= 0.02 * budget, (cell, settings, core)
 
 
 def test_param_budget_resolves_hidden_size_and_refuses_impossible_budgets():
@@ -139,7 +162,7 @@ def test_param_budget_resolves_hidden_size_and_refuses_impossible_budgets():
 
 def test_out_dim_gives_every_cell_the_same_softmax_at_equal_core_budgets():
     counts = {
-        cell: CharRNN(
+        cell: CharLM(
             3000,
             **resolve_budget(
                 {

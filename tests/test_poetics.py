@@ -60,6 +60,12 @@ def test_three_level_tail_and_lone_level_are_caught():
     lone = "白日依山尽，黄河入海流。欲穷千里目，夜孤月落楼。"
     assert not tone_rules(lone)["no_lone_level"]
     assert tone_rules(DENG_GUAN_QUE)["no_lone_level"]
+    # 七言 by its last five characters: 春月落花夜入山 is 平仄仄平仄仄平, whose tail 落花夜入山 (仄平仄仄平)
+    # is 孤平 although 春 is a second level tone; 轻舟已过万重山 (平平仄仄仄平平) is regular
+    phon = phonology()
+    assert [phon.tone(c) for c in "春月落花夜入山"] == [{PING}, {ZE}, {ZE}, {PING}, {ZE}, {ZE}, {PING}]
+    assert not tone_rules(ZAO_FA.replace("轻舟已过万重山", "春月落花夜入山"))["no_lone_level"]
+    assert tone_rules(ZAO_FA)["no_lone_level"]
 
 
 def test_scores_and_set_metrics():

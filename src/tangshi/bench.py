@@ -31,8 +31,8 @@ from tangshi.datamodule import BucketBatchSampler, PoemDataset, collate
 from tangshi.diagnostics import gradient_flow, position_losses, probe_batch
 from tangshi.errors import TangshiError
 from tangshi.evaluate import mean_loss
-from tangshi.model import GATES, IGNORE_INDEX, CharRNN, bits
-from tangshi.module import PoemLM, build_model
+from tangshi.model import IGNORE_INDEX, CharLM, bits, build_model
+from tangshi.module import PoemLM
 from tangshi.vocab import PAD_ID, Vocab
 
 Batch = dict[str, Tensor]
@@ -61,13 +61,11 @@ def mean_tokens(batches: list[Batch]) -> float:
     return sum(tokens(b) for b in batches) / len(batches)
 
 
-def forward_flops(model: CharRNN, targets: Tensor) -> float:
+def forward_flops(model: CharLM, targets: Tensor) -> float:
     """Multiply-adds × 2 of one forward pass over the real tokens of ``targets`` (matrix products only:
     the recurrent gates, the projection and the softmax head; element-wise work is not counted)."""
     n = int((targets != IGNORE_INDEX).sum())
-    core, g = model.core, GATES[model.cell]
-    h = core.hidden_size
-    per_token = sum(2 * g * h * ((core.input_size if layer == 0 else h) + h) for layer in range(core.num_layers))
+    per_token = model.core.flops_per_token(targets.shape[1])  # type: ignore[operator]
     if model.proj is not None:
         per_token += 2 * model.proj.in_features * model.proj.out_features
     dec = model.decoder
@@ -81,7 +79,7 @@ def forward_flops(model: CharRNN, targets: Tensor) -> float:
     return float(total)
 
 
-def train_flops(model: CharRNN, batches: Iterable[Batch]) -> float:
+def train_flops(model: CharLM, batches: Iterable[Batch]) -> float:
     """Useful FLOPs of training on ``batches``: the backward pass costs two forwards."""
     return 3 * sum(forward_flops(model, b["targets"]) for b in batches)
 
@@ -111,7 +109,7 @@ def _now(device: str) -> float:
 
 
 def plain_step(
-    model: CharRNN,
+    model: CharLM,
     *,
     lr: float = 3e-3,
     clip: float = 1.0,
@@ -139,12 +137,12 @@ def plain_step(
     return step
 
 
-def plain_rate(model: CharRNN, batches: list[Batch], warmup: int, **options: Any) -> float:
+def plain_rate(model: CharLM, batches: list[Batch], warmup: int, **options: Any) -> float:
     """Tokens/s of :func:`plain_step` (``options``: its keyword arguments)."""
     return _rate(plain_step(model, **options), batches, warmup, next(model.parameters()).device.type)
 
 
-def _packed_forward(model: CharRNN, inputs: Tensor) -> Tensor:
+def _packed_forward(model: CharLM, inputs: Tensor) -> Tensor:
     """The core over packed sequences (no work on padding) instead of padded ones."""
     lengths = (inputs != PAD_ID).sum(1).clamp(min=1).cpu()
     packed = pack_padded_sequence(model.drop(model.embed(inputs)), lengths, batch_first=True, enforce_sorted=False)
@@ -244,7 +242,7 @@ def alternate(measure: dict[str, Callable[[], float]], reps: int) -> dict[str, f
 # -- other timings ----------------------------------------------------------------------------------------
 
 
-def sampling_rates(model: CharRNN, vocab: Vocab, n: int) -> dict[str, float]:
+def sampling_rates(model: CharLM, vocab: Vocab, n: int) -> dict[str, float]:
     """Poems/s for ``n`` poems sampled in one batch and one at a time."""
     decoding.sample(model, vocab, decoding.SamplingConfig(n=2, seed=0))  # warm-up
     start = time.perf_counter()
@@ -350,7 +348,7 @@ def threads(n: int) -> Any:
         torch.set_num_threads(before)
 
 
-def train_for(model: CharRNN, batches: list[Batch], seconds: float) -> int:
+def train_for(model: CharLM, batches: list[Batch], seconds: float) -> int:
     """Train for a wall-clock budget, cycling through ``batches``; returns the steps taken."""
     step = plain_step(model)
     steps, start = 0, time.perf_counter()
@@ -383,7 +381,7 @@ def run(
     diag_every: int = 100,
     diag_steps: int = 2000,
     log: Callable[[str], None] = print,
-    sampler: CharRNN | None = None,
+    sampler: CharLM | None = None,
     sampler_vocab: Vocab | None = None,
 ) -> dict[str, Any]:
     """Every measurement of the benchmark; see the README's Performance section for what each means.
@@ -400,7 +398,7 @@ def run(
         "model": {k: v for k, v in model_cfg.items() if k != "cell"},
     }
 
-    def fresh(cell: str, **changes: Any) -> CharRNN:
+    def fresh(cell: str, **changes: Any) -> CharLM:
         torch.manual_seed(0)
         return build_model({**model_cfg, "cell": cell, **changes}, vocab).to(device)
 
@@ -464,7 +462,7 @@ def run(
 
 
 def diagnostics_overhead(
-    model: CharRNN, prepared: Prepared, batches: list[Batch], warmup: int, every: int, steps: int
+    model: CharLM, prepared: Prepared, batches: list[Batch], warmup: int, every: int, steps: int
 ) -> dict[str, float]:
     """Time of the diagnostics as a share of a default run's training time: a gradient-flow measurement
     every ``every`` steps, and the position losses once at the end, against ``steps`` training steps."""
@@ -492,7 +490,7 @@ def diagnostics_overhead(
 
 
 def measure_options(
-    fresh: Callable[..., CharRNN],
+    fresh: Callable[..., CharLM],
     cell: str,
     batches: list[Batch],
     train_ds: PoemDataset,

@@ -152,6 +152,9 @@ class GradientFlow(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        if not getattr(pl_module.model.core, "recurrent", False):  # type: ignore[union-attr]
+            log.info("gradient flow not measured: a %s core has no h_t to carry it", pl_module.model.cell)
+            return
         bodies = trainer.datamodule.prepared.splits["val"]  # type: ignore[attr-defined]
         try:
             self._tokens = probe_batch(bodies, pl_module.vocab, self.length, self.poems)  # type: ignore[arg-type]

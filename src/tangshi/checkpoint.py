@@ -1,7 +1,8 @@
-"""Load a model for inference from a Lightning checkpoint alone: no corpus, no training config, any device.
+"""Load a model for inference from a checkpoint alone: no corpus, no training config, any device, no Lightning.
 
 Loading keeps torch's ``weights_only=True``: tangshi stores its settings and vocabulary as plain types, so
-a checkpoint cannot run code when opened.
+a checkpoint cannot run code when opened. The models shipped with the project (``src/tangshi/shipped/``) are
+checkpoints of the same layout with half-precision weights (:func:`export`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN
-from tangshi.module import CHECKPOINT_KEY, build_model
+from tangshi.model import CharLM, build_model
 from tangshi.vocab import Vocab, VocabError
 
 if TYPE_CHECKING:
     from tangshi.corpus import Prepared
+
+
+CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
+CHECKPOINT_FORMAT = 1
+SHIPPED = Path(__file__).resolve().parent / "shipped"  # one <cell>.ckpt per cell, and manifest.json
 
 
 class CheckpointError(TangshiError):
@@ -29,7 +34,7 @@ class CheckpointError(TangshiError):
 
 @dataclass
 class Loaded:
-    model: CharRNN
+    model: CharLM
     vocab: Vocab
     hparams: dict[str, Any]
     path: Path
@@ -52,7 +57,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """The trained CharRNN (in eval mode) and its vocabulary from ``path``."""
+    """The trained CharLM (in eval mode) and its vocabulary from ``path``."""
     ckpt = read_checkpoint(path)
     try:
         vocab = Vocab.from_dict(ckpt[CHECKPOINT_KEY]["vocab"])
@@ -65,6 +70,45 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} does not hold a usable tangshi model: {reason}") from None
     return Loaded(model.to(device).eval(), vocab, hparams, Path(path), int(ckpt.get("global_step", 0)))
+
+
+def shipped_path(cell: str) -> Path:
+    """The checkpoint shipped with the project for ``cell``, or one clear error listing the shipped cells."""
+    path = SHIPPED / f"{cell}.ckpt"
+    if not path.is_file():
+        have = sorted(p.stem for p in SHIPPED.glob("*.ckpt"))
+        raise CheckpointError(
+            f"no shipped model for cell {cell!r}; shipped: {', '.join(have) or 'none'} (or pass ckpt=<.ckpt>)"
+        )
+    return path
+
+
+def export(source: str | Path, dest: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """A copy of the training checkpoint ``source`` holding what inference needs: the model's weights in half
+    precision (bfloat16 where float16 would overflow), its settings and vocabulary, the step, and ``extra``
+    (how it was trained). No optimizer state. Written atomically; loads with :func:`load`."""
+    from tangshi.atomic import atomic_path
+
+    ckpt = read_checkpoint(source)
+    state = {}
+    for k, v in ckpt["state_dict"].items():
+        if not k.startswith("model."):
+            continue
+        if v.is_floating_point():
+            half = v.half()
+            v = half if torch.isfinite(half).all() else v.bfloat16()
+        state[k] = v
+    slim = {
+        "state_dict": state,
+        "hyper_parameters": {
+            k: ckpt["hyper_parameters"][k] for k in ("model", "data") if k in ckpt["hyper_parameters"]
+        },
+        CHECKPOINT_KEY: {"format": CHECKPOINT_FORMAT, "vocab": ckpt[CHECKPOINT_KEY]["vocab"], **(extra or {})},
+        "global_step": int(ckpt.get("global_step", 0)),
+    }
+    with atomic_path(dest) as tmp:
+        torch.save(slim, tmp)
+    return Path(dest)
 
 
 def prepared_data(loaded: Loaded, data: dict[str, Any] | None, data_dir: str | Path) -> Prepared:

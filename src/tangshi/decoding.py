@@ -1,11 +1,15 @@
-"""Batched decoding of poems from a CharRNN: sampling (temperature, top-k, top-p) or beam search, with a
+"""Batched decoding of poems from a CharLM: sampling (temperature, top-k, top-p) or beam search, with a
 repetition penalty, a given beginning, acrostics (藏头诗), and logit masks that enforce a regular form,
 平水韵 rhyme and steer 平仄.
 
 All poems of a call advance together, one batched step per character. A private ``torch.Generator`` makes
 results reproducible under ``seed`` without touching the global RNG (sampling during training must not
-change the training run). Constraints act on the log-probabilities before sampling: a masked token has
-probability zero, so a constrained poem is well-formed by construction, not by luck.
+change the training run). Constraints act on the scores before sampling: a masked token has probability
+zero, so a constrained poem is well-formed by construction, not by luck.
+
+Order of operations, which is what makes the stated units true: the model's log-probabilities are divided by
+the temperature first; the repetition penalty and the 平仄 bias are then added in nats of the distribution
+actually sampled from; masks last; top-k/top-p cut what is left.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import torch
 from torch import Tensor
 
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN, State
-from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, key_positions, phonology
+from tangshi.model import CharLM
+from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, is_hanzi, key_positions, phonology
 from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
 COMMA, STOP = "，", "。"
@@ -27,20 +31,25 @@ _DONE = 1 << 30  # line number of a finished poem
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How to decode. The defaults are the project's one set of sampling defaults (conf/sampling/default.yaml
+    repeats them for the command line and for training's samples; a test keeps the two equal)."""
+
     n: int = 5
     begin: str = ""
     temperature: float = 0.8  # 0: greedy
     top_k: int = 0  # 0: no limit
-    top_p: float = 1.0  # 1.0: no limit
+    top_p: float = 0.95  # 1.0: no limit
     max_len: int = 128  # characters, beginning included
     seed: int | None = 0
-    repetition_penalty: float = 1.0  # > 1 makes characters already in the poem less likely
+    repetition_penalty: float = 0.0  # nats taken from every character already in the poem; 0: none
     beam: int = 0  # 0: sample; k >= 1: beam search keeping max(k, n) beams, returning the n best
+    beam_groups: int | None = None  # diverse beam search: groups of beams (null: one per poem asked for)
+    diversity_penalty: float = 1.0  # nats taken from a token another group chose at the same step
     form: str | None = None  # wuyan_jueju | qiyan_jueju | wuyan_lvshi | qiyan_lvshi
     acrostic: str = ""  # line i starts with the i-th character
     rhyme: bool = False  # even lines end in one 平水韵 level-tone category (needs form)
     tone: bool = False  # steer positions 2/4/6 toward a regular 平仄 pattern (needs form)
-    tone_bias: float = 2.0  # nats added against the wrong tone when tone=true
+    tone_bias: float = 2.0  # nats taken from a character of the wrong tone when tone=true
 
     def __post_init__(self) -> None:
         # Hydra hands ``begin=123`` over as an int and ``begin=null`` as None: both are text here.
@@ -55,10 +64,25 @@ class SamplingConfig:
             raise TangshiError(f"top_k must be >= 0 (0 means no limit), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise TangshiError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty < 1:
-            raise TangshiError(f"repetition_penalty must be >= 1 (1 means none), got {self.repetition_penalty}")
+        if self.repetition_penalty < 0:
+            raise TangshiError(
+                f"repetition_penalty must be >= 0 (nats taken from repeated characters; 0 means none), "
+                f"got {self.repetition_penalty}"
+            )
         if self.beam < 0:
             raise TangshiError(f"beam must be >= 0 (0 means sampling), got {self.beam}")
+        if self.beam_groups is not None and not 1 <= self.beam_groups <= max(self.beam, self.n):
+            raise TangshiError(
+                f"beam_groups must be between 1 and the number of beams, max(beam, n) = {max(self.beam, self.n)}, "
+                f"got {self.beam_groups}"
+            )
+        if self.diversity_penalty < 0:
+            raise TangshiError(f"diversity_penalty must be >= 0 (nats), got {self.diversity_penalty}")
+        if self.tone_bias < 0:
+            raise TangshiError(f"tone_bias must be >= 0 (nats), got {self.tone_bias}")
+        for c in self.acrostic:
+            if not is_hanzi(c):
+                raise TangshiError(f"acrostic character {c!r} is not allowed: an acrostic is Chinese characters only")
         if self.max_len < max(1, len(self.begin)):
             raise TangshiError(f"max_len must be >= 1 and >= the length of begin, got {self.max_len}")
         if self.form is not None and self.form not in FORMS:
@@ -157,7 +181,15 @@ class Constraints:
                 raise TangshiError(f"the model's vocabulary lacks {c!r}, so it cannot write a {cfg.form}")
         if self.phon is not None:
             self.oblique = self._mask(lambda c: self.phon.tone(c) == frozenset({ZE}))  # type: ignore[union-attr]
-            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c)))  # type: ignore[union-attr]
+            # A rhyme category is only opened if the vocabulary holds a character for every rhyme of the form,
+            # so the poem never has to repeat a rhyme character.
+            rhymes = self.form.lines // 2 if self.form is not None else 1
+            size: dict[str, int] = {}
+            for c in (c for i, c in enumerate(vocab.itos) if self.chars[i]):
+                for cat in self.phon.categories(c):
+                    size[cat] = size.get(cat, 0) + 1
+            self.roomy = frozenset(cat for cat, k in size.items() if k >= rhymes)
+            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c) & self.roomy))  # type: ignore[union-attr]
             self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
         self.device = device
         self.rows: list[_Row] = []
@@ -269,22 +301,21 @@ class Constraints:
                     r.opening = ZE if tones == frozenset({ZE}) else PING
                 if r.line % 2 == 1 and r.col == form.chars_per_line - 1:
                     # narrow to the categories every rhyme so far shares (还 is in both 删 and 先)
-                    cats = self.phon.categories(char)
+                    cats = self.phon.categories(char) & self.roomy
                     r.cats = cats if r.cats is None else (r.cats & cats) or r.cats
                     r.used.add(t)
             r.col += 1
 
-    def penalise_repeats(self, logp: Tensor, penalty: float) -> Tensor:
-        if penalty == 1.0:
-            return logp
-        seen = torch.zeros_like(logp, dtype=torch.bool)
+    def seen(self) -> Tensor:
+        """``(rows, V)``: True where a character is already in the row's poem."""
+        seen = torch.zeros(len(self.rows), len(self.vocab), dtype=torch.bool)
         for i, r in enumerate(self.rows):
             if r.seen:
                 seen[i, list(r.seen)] = True
-        return torch.where(seen, logp * penalty, logp)  # log-probabilities are <= 0: scaling lowers them
+        return seen.to(self.device)
 
 
-def _prepare(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> tuple[list[int], Constraints, torch.device]:
+def _prepare(model: CharLM, vocab: Vocab, cfg: SamplingConfig) -> tuple[list[int], Constraints, torch.device]:
     prompt = vocab.require(cfg.begin, "begin")
     vocab.require(cfg.acrostic, "acrostic")
     device = next(model.parameters()).device
@@ -302,7 +333,7 @@ def _prepare(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> tuple[list[in
 
 
 @torch.no_grad()
-def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> list[str]:
+def sample(model: CharLM, vocab: Vocab, cfg: SamplingConfig | None = None) -> list[str]:
     """``cfg.n`` poems as strings, each starting with ``cfg.begin`` and obeying the configured constraints."""
     cfg = cfg or SamplingConfig()
     if cfg.beam:
@@ -323,11 +354,10 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
         out = [list(prompt) for _ in range(cfg.n)]
         alive = list(range(cfg.n))  # the poem each row of the batch is writing
         for _ in range(cfg.max_chars - len(prompt) + (cfg.form is not None)):
-            logp = _scored(model, cons, last, cfg)
             if cfg.temperature == 0:
-                nxt = logp.argmax(-1)
+                nxt = _scored(model, cons, last, cfg, 1.0).argmax(-1)
             else:
-                logits = filter_logits(logp / cfg.temperature, cfg.top_k, cfg.top_p)
+                logits = filter_logits(_scored(model, cons, last, cfg, cfg.temperature), cfg.top_k, cfg.top_p)
                 nxt = draw(logits.softmax(-1), g)
             tokens = nxt.tolist()
             cons.advance(tokens)
@@ -340,72 +370,106 @@ def sample(model: CharRNN, vocab: Vocab, cfg: SamplingConfig | None = None) -> l
                 alive = [alive[j] for j in keep]
                 cons.reorder(keep)
                 index = torch.tensor(keep, device=device)
-                nxt, state = nxt[index], _select(state, index)
+                nxt, state = nxt[index], model.select_state(state, index)
             last, state = model.step(nxt, state)
         return [vocab.decode(row) for row in out]
     finally:
         model.train(was_training)
 
 
-def _select(state: State, index: Tensor) -> State:
-    """The recurrent state of the batch rows in ``index`` (an LSTM's state is a pair)."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, index)
-
-
-def _scored(model: CharRNN, cons: Constraints, feats: Tensor, cfg: SamplingConfig) -> Tensor:
-    """Next-token log-probabilities after repetition penalty, tone bias and the constraint mask."""
-    logp = cons.penalise_repeats(model.log_probs(feats), cfg.repetition_penalty)
+def _scored(model: CharLM, cons: Constraints, feats: Tensor, cfg: SamplingConfig, temperature: float) -> Tensor:
+    """Next-token scores in nats: log-probabilities divided by ``temperature``, less the repetition penalty on
+    characters already in the poem, plus the 平仄 bias, with every disallowed token at -inf."""
+    scores = model.log_probs(feats)
+    if temperature != 1.0:
+        scores = scores / temperature
+    if cfg.repetition_penalty:
+        scores = scores - cfg.repetition_penalty * cons.seen()
     bias = cons.bias()
     if bias is not None:
-        logp = logp + bias
-    return logp.masked_fill_(~cons.allowed(), float("-inf"))  # in place: logp is this step's own tensor
+        scores = scores + bias
+    return scores.masked_fill_(~cons.allowed(), float("-inf"))  # in place: scores is this step's own tensor
 
 
 @torch.no_grad()
-def beam_search(model: CharRNN, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
-    """The ``cfg.n`` most likely poems under the constraints, by beam search of width ``max(beam, n)``.
+def beam_search(model: CharLM, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
+    """The ``cfg.n`` most likely poems under the constraints, by diverse beam search (Vijayakumar et al. 2016).
 
-    Scores are summed log-probabilities divided by length, so short poems are not favoured.
+    ``max(beam, n)`` beams in ``beam_groups`` groups (by default one group per poem asked for). At each step
+    the groups choose in turn, and a group's candidates lose ``diversity_penalty`` nats for every earlier group
+    that chose the same token at this step, so the groups, and the poems they return, drift apart. That
+    penalty steers the choice only. A poem's score is the sum of its step scores (log-probabilities, less the
+    repetition penalty, plus the 平仄 bias) divided by the number of tokens scored: the characters generated
+    after the prompt, and ``<eos>`` if it ended. Poems that ended and poems cut at the length limit are ranked
+    by that one definition. The result takes each group's best poem in turn (best first), then the second
+    best of each, skipping a poem another group already returned.
     """
     width = max(cfg.beam, cfg.n)
+    n_groups = cfg.beam_groups or min(cfg.n, width)
+    sizes = [width // n_groups + (g < width % n_groups) for g in range(n_groups)]
     was_training = model.training
     model.eval()
     try:
         prompt, cons, device = _prepare(model, vocab, cfg)
         feats, state = model(torch.tensor([[BOS_ID, *prompt]], device=device))
-        last = feats[:, -1]
-        seqs = [list(prompt)]
-        scores = torch.zeros(1, device=device)
-        finished: list[tuple[float, list[int]]] = []
+        start = torch.zeros(n_groups, dtype=torch.long, device=device)
+        last, state = feats[start, -1], model.select_state(state, start)
+        cons.reorder([0] * n_groups)
+        group = list(range(n_groups))  # each live row's group, its generated tokens and its summed score
+        gen: list[list[int]] = [[] for _ in range(n_groups)]
+        score = [0.0] * n_groups
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_groups)]
         for _ in range(cfg.max_chars - len(prompt) + 1):
-            logp = _scored(model, cons, last, cfg)
-            total = (scores[:, None] + logp).flatten()
-            k = min(width, int(torch.isfinite(total).sum()))
-            if k == 0:
+            step = _scored(model, cons, last, cfg, 1.0).cpu().double()
+            chosen = torch.zeros(step.shape[1], dtype=torch.float64)  # tokens earlier groups took this step
+            keep: list[tuple[int, int, float]] = []  # (row, token, new score)
+            for g in range(n_groups):
+                rows = [r for r in range(len(group)) if group[r] == g]
+                if not rows or len(finished[g]) >= sizes[g]:
+                    continue
+                total = torch.tensor([score[r] for r in rows], dtype=torch.float64)[:, None] + step[rows]
+                ranked = (total - cfg.diversity_penalty * chosen).flatten()
+                k = min(2 * sizes[g], int(torch.isfinite(ranked).sum()))
+                kept = 0
+                for rank, flat in enumerate(ranked.topk(k).indices.tolist()):
+                    r, t = rows[flat // step.shape[1]], flat % step.shape[1]
+                    value = float(total.flatten()[flat])
+                    if t == EOS_ID:
+                        if rank < sizes[g]:  # an ending among the group's best candidates: a finished poem
+                            finished[g].append((value / (len(gen[r]) + 1), gen[r]))
+                            chosen[t] += 1
+                        continue
+                    keep.append((r, t, value))
+                    chosen[t] += 1
+                    kept += 1
+                    if kept == sizes[g]:
+                        break
+            keep = [k for k in keep if len(finished[group[k[0]]]) < sizes[group[k[0]]]]
+            if not keep:
                 break
-            best, flat = total.topk(k)
-            rows, tokens = (flat // logp.shape[1]).tolist(), (flat % logp.shape[1]).tolist()
-            keep_rows, keep_tokens, keep_scores = [], [], []
-            for s, r, t in zip(best.tolist(), rows, tokens, strict=True):
-                if t == EOS_ID:
-                    finished.append((s / (len(seqs[r]) + 1), seqs[r]))
-                else:
-                    keep_rows.append(r)
-                    keep_tokens.append(t)
-                    keep_scores.append(s)
-            if len(finished) >= width or not keep_rows:
-                break
-            seqs = [seqs[r] + [t] for r, t in zip(keep_rows, keep_tokens, strict=True)]
-            scores = torch.tensor(keep_scores, device=device)
-            cons.reorder(keep_rows)
-            cons.advance(keep_tokens)
-            state = _select(state, torch.tensor(keep_rows, device=device))
-            last, state = model.step(torch.tensor(keep_tokens, device=device), state)
-        if len(finished) < cfg.n:  # beams cut by max_len count too
-            finished += [(float(s) / max(1, len(q)), q) for s, q in zip(scores.tolist(), seqs, strict=True)]
-        finished.sort(key=lambda f: -f[0])
-        return [vocab.decode(q) for _, q in finished[: cfg.n]]
+            rows_kept = [r for r, _, _ in keep]
+            tokens = [t for _, t, _ in keep]
+            group = [group[r] for r in rows_kept]
+            gen = [gen[r] + [t] for r, t, _ in keep]
+            score = [v for _, _, v in keep]
+            cons.reorder(rows_kept)
+            cons.advance(tokens)
+            state = model.select_state(state, torch.tensor(rows_kept, device=device))
+            last, state = model.step(torch.tensor(tokens, device=device), state)
+        else:  # the length limit cut these beams: they compete by the same per-token score
+            for g, q, v in zip(group, gen, score, strict=True):
+                if len(finished[g]) < sizes[g]:
+                    finished[g].append((v / max(1, len(q)), q))
+        return _one_per_group(finished, cfg.n, prompt, vocab)
     finally:
         model.train(was_training)
+
+
+def _one_per_group(finished: list[list[tuple[float, list[int]]]], n: int, prompt: list[int], vocab: Vocab) -> list[str]:
+    """Up to ``n`` poems: every group's best (best first), then every group's second best, and so on, without a
+    poem twice unless the groups found fewer than ``n`` distinct ones."""
+    ranked = [sorted(f, key=lambda x: -x[0]) for f in finished]
+    rounds = [sorted((r[i] for r in ranked if i < len(r)), key=lambda x: -x[0]) for i in range(max(map(len, ranked)))]
+    poems = [vocab.decode(prompt + q) for rnd in rounds for _, q in rnd]
+    out = list(dict.fromkeys(poems))[:n]
+    return out + poems[: n - len(out)]

@@ -23,7 +23,7 @@ from tangshi.atomic import write_json, write_text
 from tangshi.datamodule import PoemDataset, collate
 from tangshi.errors import TangshiError
 from tangshi.figures import pyplot, save_png
-from tangshi.model import CharRNN
+from tangshi.model import CharLM
 from tangshi.poetics import LINE_PUNCT, detect_form
 from tangshi.vocab import Vocab
 
@@ -50,30 +50,33 @@ def probe_batch(bodies: Sequence[str], vocab: Vocab, length: int = 48, poems: in
     return torch.tensor(rows, dtype=torch.long)
 
 
-def unroll(model: CharRNN, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
+def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
     """The core run one step and one layer at a time, dropout off: top-layer features ``(B, T, H)`` and, per
     layer and step, the state tensors (``[h]``, or ``[h, c]`` for an LSTM).
 
-    The fused core hides its recurrence from autograd, so ∂L/∂h_t cannot be read off its output. The step
-    kernels (:meth:`CharRNN.layer_step`) run the same weights with every h_t a node of the graph.
+    The fused RNNs hide their recurrence from autograd, and the minimal cells' scan computes every h_t at once,
+    so ∂L/∂h_t cannot be read off their outputs. Each core's single step (``layer_step``) runs the same
+    weights with every h_t a node of the graph.
     """
+    core = model.core
+    if not getattr(core, "recurrent", False):
+        raise TangshiError(f"gradient flow through time needs a recurrent core, not a {model.cell}")
     x = model.embed(inputs)
-    layers = model.core.num_layers
+    layers = core.num_layers
     state: list[Any] = [None] * layers
     states: list[list[Tensor]] = [[] for _ in range(layers)]
     top = []
     for t in range(x.shape[1]):
         h = x[:, t]
         for layer in range(layers):
-            state[layer] = model.layer_step(h, layer, state[layer])
-            parts = list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]]
-            h = parts[0]
-            states[layer].append(parts)
+            state[layer] = core.layer_step(h, layer, state[layer])
+            states[layer].append(list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]])
+            h = core.layer_output(state[layer])
         top.append(h)
     return torch.stack(top, dim=1), states
 
 
-def gradient_flow(model: CharRNN, tokens: Tensor) -> Tensor:
+def gradient_flow(model: CharLM, tokens: Tensor) -> Tensor:
     """``(layers, T)``: g_l(k), the mean over poems of ‖∂L/∂s^l_{T-1-k}‖, L the NLL of the last target and
     s^l_t layer l's state at step t (h_t; for an LSTM h_t and c_t together).
 
@@ -156,7 +159,7 @@ def position_classes(body: str) -> list[int]:
 
 
 @torch.no_grad()
-def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_size: int = 64) -> dict[str, Any]:
+def position_losses(model: CharLM, vocab: Vocab, bodies: Sequence[str], batch_size: int = 64) -> dict[str, Any]:
     """Loss (nats) and top-1 accuracy per kind of position, over the regular-verse poems among ``bodies``,
     and the mean loss of the n-th character of a poem (``by_position``; punctuation not counted, so the
     n-th character is the same syllable of the verse in every poem of a form)."""
@@ -215,7 +218,7 @@ def position_losses(model: CharRNN, vocab: Vocab, bodies: Sequence[str], batch_s
 # -- one checkpoint, everything ---------------------------------------------------------------------------
 
 
-def diagnose(model: CharRNN, vocab: Vocab, bodies: Sequence[str], length: int = 48, poems: int = 64) -> dict[str, Any]:
+def diagnose(model: CharLM, vocab: Vocab, bodies: Sequence[str], length: int = 48, poems: int = 64) -> dict[str, Any]:
     """Gradient flow and position losses of one model on ``bodies`` (a validation split)."""
     device = next(model.parameters()).device
     norms = gradient_flow(model, probe_batch(bodies, vocab, length, poems).to(device))

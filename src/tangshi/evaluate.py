@@ -18,7 +18,7 @@ from tangshi.checkpoint import Loaded
 from tangshi.corpus import Prepared
 from tangshi.datamodule import PoemDataset, collate
 from tangshi.decoding import SamplingConfig, sample
-from tangshi.model import CharRNN
+from tangshi.model import CharLM
 from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, split_lines
 
 BEGINS = "春山月风花江秋云"  # one begin character per slice of each constrained set
@@ -35,7 +35,7 @@ COLUMNS = (
 
 
 @torch.no_grad()
-def mean_loss(model: CharRNN, ds: PoemDataset, batch_size: int = 256) -> float:
+def mean_loss(model: CharLM, ds: PoemDataset, batch_size: int = 256) -> float:
     """Token-weighted loss (nats per character) of ``model`` over ``ds``, in eval mode; the mode is restored."""
     order = sorted(range(len(ds)), key=ds.lengths.__getitem__)  # length-sorted: little padding
     was_training = model.training

@@ -1,8 +1,9 @@
-"""CharRNN: embedding → nn.RNN | nn.LSTM | nn.GRU → dropout → softmax head. Plain PyTorch, no Lightning.
+"""CharLM: embedding → core → dropout → (projection) → softmax head. Plain PyTorch, no Lightning.
 
-The fused recurrent modules are used on purpose: they run cuDNN kernels on a GPU and one oneDNN/ATen call
-per layer on a CPU, so the three cells differ only in their recurrence, never in how well they are coded.
-Decoding, one character per call, steps through the single-step kernels instead (:meth:`CharRNN.step`).
+The core is the one switch (``model.cell``): a vanilla RNN, an LSTM or a GRU (PyTorch's fused modules), the
+minimal minGRU and minLSTM (a parallel scan), or a small causal Transformer, all behind one interface
+(:mod:`tangshi.cells`, :mod:`tangshi.transformer`). ``build_model`` turns a model config and a vocabulary into
+a model; inference (checkpoint → model → decoding) needs nothing else.
 """
 
 from __future__ import annotations
@@ -10,21 +11,30 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tangshi.cells import GRUCore, LSTMCore, MinGRUCore, MinLSTMCore, RNNCore, State
 from tangshi.errors import TangshiError, require_positive_int
+from tangshi.transformer import POSITIONS, TransformerCore
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-# One step of one layer, the kernels behind nn.RNNCell / nn.LSTMCell / nn.GRUCell (same gate order as the fused
-# modules, so they run the fused modules' own weights).
-STEP_KERNELS = {"rnn": torch.rnn_tanh_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
+if TYPE_CHECKING:
+    from tangshi.vocab import Vocab
+
+CORES: dict[str, type[nn.Module]] = {
+    "rnn": RNNCore,
+    "lstm": LSTMCore,
+    "gru": GRUCore,
+    "mingru": MinGRUCore,
+    "minlstm": MinLSTMCore,
+    "transformer": TransformerCore,
+}
+CLASSIC = ("rnn", "lstm", "gru")  # the three cells the project compares first
 HEADS = ("full", "adaptive")
 IGNORE_INDEX = -100  # target value at padded positions
-
-State = Tensor | tuple[Tensor, Tensor]
 
 
 def check_config(
@@ -38,11 +48,14 @@ def check_config(
     dropout: float = 0.0,
     tie_weights: bool = False,
     out_dim: int | None = None,
+    heads: int = 4,
+    positions: str = "learned",
+    mlp_width: int | None = None,
     **_: object,
 ) -> None:
-    """Raise one clear ValueError for a model setting CharRNN cannot build (cheap: call before heavy work)."""
-    if cell not in CELLS:
-        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
+    """Raise one clear error for a model setting CharLM cannot build (cheap: call before heavy work)."""
+    if cell not in CORES:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CORES)}")
     if head not in HEADS:
         raise TangshiError(f"unknown model.head {head!r}; allowed: {', '.join(HEADS)}")
     for name, value in (
@@ -52,6 +65,17 @@ def check_config(
         ("num_layers", num_layers),
     ):
         require_positive_int(f"model.{name}", value)
+    if cell == "transformer":
+        require_positive_int("model.heads", heads)
+        if mlp_width is not None:
+            require_positive_int("model.mlp_width", mlp_width)
+        if positions not in POSITIONS:
+            raise TangshiError(f"unknown model.positions {positions!r}; allowed: {', '.join(POSITIONS)}")
+        if hidden_size % heads or (positions == "rotary" and (hidden_size // heads) % 2):
+            raise TangshiError(
+                f"model.hidden_size={hidden_size} must split into model.heads={heads} heads"
+                + (" of an even width (rotary positions)" if positions == "rotary" else "")
+            )
     if out_dim is not None:
         require_positive_int("model.out_dim", out_dim)
         if tie_weights and out_dim != embed_dim:
@@ -75,11 +99,17 @@ def head_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
     return derived
 
 
-class CharRNN(nn.Module):
-    """A character language model whose recurrent core is chosen by ``cell``.
+def _core_kwargs(cell: str, heads: int, positions: str, mlp_width: int | None) -> dict[str, Any]:
+    """The settings only the transformer takes."""
+    return {"heads": heads, "positions": positions, "mlp_width": mlp_width} if cell == "transformer" else {}
+
+
+class CharLM(nn.Module):
+    """A character language model whose core is chosen by ``cell``.
 
     ``forward`` returns features for every position; ``log_probs`` turns features into next-character
     log-probabilities and ``nll`` scores targets, so both heads (full and adaptive softmax) share one API.
+    ``step`` and ``select_state`` are what decoding needs.
     """
 
     def __init__(
@@ -95,6 +125,9 @@ class CharRNN(nn.Module):
         head: str = "full",
         adaptive_cutoffs: Sequence[int] = (1000, 3000),
         unigram_counts: Sequence[int] | None = None,
+        heads: int = 4,
+        positions: str = "learned",
+        mlp_width: int | None = None,
     ):
         super().__init__()
         check_config(
@@ -107,13 +140,16 @@ class CharRNN(nn.Module):
             dropout=dropout,
             tie_weights=tie_weights,
             out_dim=out_dim,
+            heads=heads,
+            positions=positions,
+            mlp_width=mlp_width,
         )
         self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
 
+        # Construction order fixes the initial weights under a seed: keep it (embedding, core, projection, head).
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-        self.core = CELLS[cell](
-            embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0, **extra
+        self.core = CORES[cell](
+            embed_dim, hidden_size, num_layers, dropout, **_core_kwargs(cell, heads, positions, mlp_width)
         )
         self.drop = nn.Dropout(dropout)
         # A projection to out_dim features makes the softmax the same for every hidden size (cells compared at
@@ -132,15 +168,8 @@ class CharRNN(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, unigram_counts: Sequence[int] | None = None) -> None:
         nn.init.normal_(self.embed.weight, std=0.1)
-        if isinstance(self.core, nn.LSTM):
-            # PyTorch adds two bias vectors (b_ih + b_hh), gates ordered i, f, g, o: an effective forget bias
-            # of 1 (Gers et al. 2000; Jozefowicz et al. 2015) is 1 in one vector and 0 in the other.
-            h = self.core.hidden_size
-            for layer in range(self.core.num_layers):
-                b_ih, b_hh = getattr(self.core, f"bias_ih_l{layer}"), getattr(self.core, f"bias_hh_l{layer}")
-                b_ih.zero_()
-                b_hh.zero_()
-                b_ih[h : 2 * h].fill_(1.0)
+        if hasattr(self.core, "init_forget_bias"):
+            self.core.init_forget_bias()
         if unigram_counts is not None:
             self._init_output_bias(torch.tensor(unigram_counts, dtype=torch.float64))
 
@@ -157,40 +186,22 @@ class CharRNN(nn.Module):
             head.bias.copy_(torch.cat([log_p[:cut], torch.stack(cluster_mass)]))
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the recurrent state after the last step."""
+        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the core's state after the last step."""
         out, state = self.core(self.drop(self.embed(x)), state)
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)
         return out, state
 
-    def layer_step(self, x: Tensor, layer: int, state: Tensor | tuple[Tensor, Tensor] | None) -> State:
-        """Layer ``layer`` of the core advanced one step on inputs ``x`` ``(B, In)``: its new state ``(B, H)``
-        (a pair ``(h, c)`` for an LSTM). ``state=None`` starts from zeros, as the fused core does."""
-        if state is None:
-            zeros = x.new_zeros(x.shape[0], self.core.hidden_size)
-            state = (zeros, zeros) if self.cell == "lstm" else zeros
-        return STEP_KERNELS[self.cell](x, state, *self.core.all_weights[layer])
-
     def step(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Features ``(B, D)`` after one more token per row (``tokens`` ``(B,)``), and the new state: what
-        ``forward`` gives for a ``(B, 1)`` input in eval mode (no dropout), for decoding.
+        ``forward`` gives for a ``(B, 1)`` input in eval mode (no dropout), for decoding."""
+        h, state = self.core.step(self.embed(tokens), state)
+        return (self.proj(h) if self.proj is not None else h), state
 
-        The step kernels, not the fused core: oneDNN's fused LSTM costs ~3 ms a call even for one step of one
-        poem, 6x the step kernels at batch 1 and 1.6x at batch 100 (2-layer LSTM, hidden 256, this CPU).
-        """
-        h = self.embed(tokens)
-        lstm = self.cell == "lstm"
-        layers = []
-        for layer in range(self.core.num_layers):
-            prev = None if state is None else (state[0][layer], state[1][layer]) if lstm else state[layer]
-            new = self.layer_step(h, layer, prev)
-            h = new[0] if lstm else new
-            layers.append(new)
-        out: State = (
-            (torch.stack([s[0] for s in layers]), torch.stack([s[1] for s in layers])) if lstm else torch.stack(layers)
-        )
-        return (self.proj(h) if self.proj is not None else h), out
+    def select_state(self, state: State, index: Tensor) -> State:
+        """The state of the batch rows in ``index`` (beams that survive, poems still being written)."""
+        return self.core.select(state, index)
 
     def log_probs(self, features: Tensor) -> Tensor:
         """Next-character log-probabilities ``(..., V)`` from features ``(..., D)``."""
@@ -239,44 +250,99 @@ def _float32(t: Tensor) -> torch.autocast:
     return torch.autocast(t.device.type, enabled=False)
 
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer: h, (r, z, n), (i, f, g, o)
+def core_params(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    heads: int = 4,
+    positions: str = "learned",
+    mlp_width: int | None = None,
+) -> int:
+    """Parameters of a ``cell`` core of ``num_layers`` layers of ``hidden_size`` over ``input_size`` inputs."""
+    if cell not in CORES:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CORES)}")
+    return CORES[cell].count_params(  # type: ignore[attr-defined]
+        input_size, hidden_size, num_layers, **_core_kwargs(cell, heads, positions, mlp_width)
+    )
 
 
-def core_params(cell: str, input_size: int, hidden_size: int, num_layers: int) -> int:
-    """Parameters of ``nn.RNN/GRU/LSTM(input_size, hidden_size, num_layers)``: W_ih, W_hh and two biases."""
-    g, h = GATES[cell], hidden_size
-    return sum(g * (h * ((input_size if layer == 0 else h) + h) + 2 * h) for layer in range(num_layers))
+def settings_for_budget(
+    cell: str,
+    budget: int,
+    input_size: int,
+    num_layers: int,
+    tolerance: float = 0.02,
+    heads: int = 4,
+    positions: str = "learned",
+) -> dict[str, int]:
+    """The ``hidden_size`` (and, for a transformer, ``mlp_width``) whose core comes closest to ``budget``
+    parameters, within ``tolerance``.
 
-
-def hidden_for_budget(cell: str, budget: int, input_size: int, num_layers: int, tolerance: float = 0.02) -> int:
-    """The hidden size whose recurrent core comes closest to ``budget`` parameters (within ``tolerance``).
-
-    Used to compare cells at equal capacity: an LSTM has four weight blocks per layer to the RNN's one, so
-    at equal hidden size it holds about four times the parameters.
+    Used to compare cells at equal capacity: an LSTM has four weight blocks per layer to the RNN's one, so at
+    equal hidden size it holds about four times the parameters. A transformer's width must split into its
+    heads (into heads of an even width, with rotary positions), steps too coarse to hit a budget within 2 %:
+    its width is the widest that fits with a 4x MLP, and the MLP's width then takes up the rest.
     """
-    if cell not in GATES:
-        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
-    g, i, n = GATES[cell], input_size, num_layers
-    # core_params is quadratic in h: g * ((2n - 1) h^2 + (i + 2n) h); solve for the budget, then check neighbours
-    a, b = g * (2 * n - 1), g * (i + 2 * n)
-    root = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
-    best = min({max(1, math.floor(root)), math.ceil(root)}, key=lambda h: abs(core_params(cell, i, h, n) - budget))
-    got = core_params(cell, i, best, n)
+    unit = (heads * (2 if positions == "rotary" else 1)) if cell == "transformer" else 1
+
+    def params(units: int, mlp: int | None = None) -> int:
+        return core_params(cell, input_size, units * unit, num_layers, heads, positions, mlp)
+
+    lo, hi = 1, 1
+    while params(hi) < budget:  # parameters grow with the hidden size: bracket, then bisect
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if params(mid) < budget else (lo, mid)
+    out: dict[str, int]
+    if cell == "transformer":
+        width = max(1, lo - 1) * unit
+        without_mlp = params(width // unit, 0)
+        mlp = max(1, round((budget - without_mlp) / (num_layers * (2 * width + 1))))
+        out, got = {"hidden_size": width, "mlp_width": mlp}, params(width // unit, mlp)
+    else:
+        best = min({max(1, lo - 1), lo}, key=lambda u: abs(params(u) - budget))
+        out, got = {"hidden_size": best}, params(best)
     if abs(got - budget) > tolerance * budget:
         raise TangshiError(
-            f"model.param_budget={budget} cannot be met within {tolerance:.0%} by a {n}-layer {cell} "
-            f"(closest: hidden_size={best} with {got} parameters); choose a larger budget"
+            f"model.param_budget={budget} cannot be met within {tolerance:.0%} by a {num_layers}-layer {cell} "
+            f"(closest: {', '.join(f'{k}={v}' for k, v in out.items())} with {got} parameters); "
+            "choose a larger budget"
         )
-    return best
+    return out
+
+
+def hidden_for_budget(cell: str, budget: int, input_size: int, num_layers: int, **kwargs: Any) -> int:
+    """The hidden size of :func:`settings_for_budget`."""
+    return settings_for_budget(cell, budget, input_size, num_layers, **kwargs)["hidden_size"]
 
 
 def resolve_budget(model_cfg: dict) -> dict:
-    """The model settings with ``param_budget`` (if set) turned into the matching ``hidden_size``."""
+    """The model settings with ``param_budget`` (if set) turned into the matching ``hidden_size`` (and, for a
+    transformer, ``mlp_width``)."""
     cfg = dict(model_cfg)
     budget = cfg.pop("param_budget", None)
     if budget is not None:
-        cfg["hidden_size"] = hidden_for_budget(cfg["cell"], int(budget), cfg["embed_dim"], cfg["num_layers"])
+        if cfg.get("cell") not in CORES:  # named before any budget arithmetic
+            raise TangshiError(f"unknown model.cell {cfg.get('cell')!r}; allowed: {', '.join(CORES)}")
+        cfg.update(
+            settings_for_budget(
+                cfg["cell"],
+                int(budget),
+                cfg["embed_dim"],
+                cfg["num_layers"],
+                heads=cfg.get("heads", 4),
+                positions=cfg.get("positions", "learned"),
+            )
+        )
     return cfg
+
+
+def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True) -> CharLM:
+    """The model a config describes, for ``vocab``; ``init_bias`` starts the output bias at the unigram
+    distribution (a trained checkpoint's weights replace it anyway)."""
+    return CharLM(len(vocab), unigram_counts=vocab.counts if init_bias else None, **resolve_budget(model_cfg))
 
 
 def bits(nats: float) -> float:

@@ -1,4 +1,4 @@
-"""PoemLM: the LightningModule that trains a CharRNN and logs what a researcher compares cells by.
+"""PoemLM: the LightningModule that trains a CharLM and logs what a researcher compares cells by.
 
 Losses are means over real (non-pad) tokens, aggregated over an epoch as total NLL / total tokens, so a
 batch of short poems does not count as much as a batch of long ones. Logged: ``{train,val,test}/loss``
@@ -18,20 +18,15 @@ import torch
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
+from tangshi.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
-from tangshi.model import CharRNN, resolve_budget
+from tangshi.model import build_model
 from tangshi.poetics import poetics_metrics
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
-CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
-CHECKPOINT_FORMAT = 1
 SCHEDULERS = ("constant", "cosine")
-
-
-def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True) -> CharRNN:
-    return CharRNN(len(vocab), unigram_counts=vocab.counts if init_bias else None, **resolve_budget(model_cfg))
 
 
 def check_optim(optim: dict[str, Any]) -> None:

@@ -28,8 +28,15 @@ FORMS: dict[str, Form] = {
 }
 
 LINE_PUNCT = "，。？！；：、"
+# CJK ideographs: the BMP block, extension A, compatibility ideographs, extensions B onwards
+_HANZI = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 COUPLET_END = "。？！"  # an even (second) line closes the couplet with a full stop
 _LINE = re.compile(f"([^{LINE_PUNCT}]+)([{LINE_PUNCT}])")
+
+
+def is_hanzi(char: str) -> bool:
+    """Whether ``char`` is one Chinese character (not punctuation, a letter or a special token)."""
+    return len(char) == 1 and _HANZI.fullmatch(char) is not None
 
 
 def split_lines(body: str) -> list[tuple[str, str]]:
@@ -198,13 +205,16 @@ def tone_rules(body: str, phon: Phonology | None = None) -> dict[str, bool] | No
     adhesion = all(agree(tone[i][1], tone[i - 1][1]) for i in range(2, len(lines), 2))
     level_rhyme = all(t[-1] != ZE for t in tone[1::2])
     no_three = all(not all(x == PING for x in t[-3:]) for t in tone)
-    # 孤平: besides the rhyme, a 平-ending line has at most one 平, and not the one next to the rhyme
-    # (仄仄仄平平 is a regular pattern; 仄平仄仄平 is the fault).
+    # 孤平: in a 平-ending line, no 平 besides the rhyme, or only one that is not next to the rhyme
+    # (仄仄仄平平 is a regular pattern; 仄平仄仄平 is the fault). A 七言 line is judged by its last five
+    # characters, the 五言 line it extends (王力《汉语诗律学》: 七言平起仄收 … 孤平 counts from the third
+    # character), so 平仄仄平仄仄平 is 孤平 although it has two level tones besides the rhyme.
     lone = []
     for t in tone:
-        if t[-1] == PING:
-            level = [i for i, x in enumerate(t[:-1]) if x != ZE]
-            lone.append(not level or (len(level) == 1 and level[0] != len(t) - 2))
+        tail = t[-5:]
+        if tail[-1] == PING:
+            level = [i for i, x in enumerate(tail[:-1]) if x != ZE]
+            lone.append(not level or (len(level) == 1 and level[0] != len(tail) - 2))
     return {
         "alternation": alternation,
         "opposition": opposition,
