@@ -1,4 +1,4 @@
-"""Benchmark training, sampling and start-up, and the options that trade speed.  python scripts/bench.py
+"""Benchmark training, sampling and start-up.  python scripts/bench.py  (make bench)
 
 Prints a table and writes bench.json and bench.md into outputs/bench/runs/<time>/.
 """
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TANGSHI_ROOT", str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (tangshi/__init__.py says why)
 
 import hydra
 import torch
@@ -30,27 +31,33 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.threads or default_threads(torch.get_num_threads())))
         dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir)
         dm.prepare_data()
-        passed_on = [o for o in HydraConfig.get().overrides.task if o.startswith(("data", "model"))]
-        trained = checkpoint.load(cfg.ckpt, device=cfg.device) if cfg.ckpt else None
-        result = bench.run(
-            dm.prepared,  # type: ignore[arg-type]
-            resolve_budget(plain(cfg.model)),
-            corpus=dm.corpus,
-            data_dir=Path(cfg.paths.data_dir),
+        settings = bench.BenchSettings(
             cells=list(cfg.cells),
-            batch_size=dm.batch_size,
+            device=cfg.device,
             steps=cfg.steps,
             warmup=cfg.warmup,
             reps=cfg.reps,
-            device=cfg.device,
             sample_poems=cfg.sample_poems,
-            budget_s=cfg.budget_s,
-            startup_overrides=passed_on,
             startup_runs=cfg.startup_runs,
-            options=cfg.options,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            batch_size=dm.batch_size,
+        )
+        passed_on = [o for o in HydraConfig.get().overrides.task if o.startswith(("data", "model"))]
+        ckpt = cfg.ckpt
+        if ckpt is None and (checkpoint.SHIPPED / f"{settings.cells[0]}.ckpt").exists():
+            ckpt = checkpoint.shipped_path(settings.cells[0])
+        trained = checkpoint.load(ckpt, device=cfg.device) if ckpt else None
+        sample_command = ["scripts/sample.py", "n=5", *([f"ckpt={ckpt}"] if cfg.ckpt else [])] if ckpt else None
+        result = bench.run(
+            settings,
+            dm.prepared,  # type: ignore[arg-type]
+            resolve_budget(plain(cfg.model)),
+            dm.corpus,
+            Path(cfg.paths.data_dir),
+            startup_overrides=passed_on,
             sampler=trained.model if trained else None,
             sampler_vocab=trained.vocab if trained else None,
+            sample_command=sample_command,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
         )
     out = Path(cfg.paths.output_dir)
     write_json(out / "bench.json", result)

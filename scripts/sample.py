@@ -13,7 +13,7 @@ from tangshi import checkpoint
 from tangshi.config import plain, quote_non_ascii
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError, reported
-from tangshi.report import format_samples
+from tangshi.formatting import format_samples
 
 OWN_KEYS = ("ckpt", "cell", "device", "format")
 

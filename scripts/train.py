@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from tangshi.config import quote_non_ascii, register_resolvers
 from tangshi.errors import TangshiError, reported
-from tangshi.report import print_run_summary
+from tangshi.formatting import print_run_summary
 from tangshi.train import train
 
 register_resolvers()

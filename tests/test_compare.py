@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tangshi.compare import Run, best_lr, summarise
+from tangshi.compare import Run, best_lr, group_runs, plot, summarise
 
 from .conftest import TINY, run_script
 
@@ -44,7 +44,7 @@ def sweep(tmp_path_factory):
 
 
 def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
-    out = run_script("compare.py", str(sweep))
+    out = run_script("compare.py", str(sweep), "--data-dir", str(sweep.parent / "data"))
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((sweep / "report.json").read_text(encoding="utf-8"))
     runs = {}
@@ -52,20 +52,26 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
         m = json.loads(p.read_text(encoding="utf-8"))
         runs.setdefault(m["cell"], []).append(m)
     for cell in ("rnn", "gru"):
-        row, ms = report["cells"][cell], [m for m in runs[cell] if m["status"] == "completed"]
+        row, ms = report["groups"][cell], [m for m in runs[cell] if m["status"] == "completed"]
         assert row["runs"] == 2 and row["seeds"] == [0, 1]
-        mean = sum(m["best_val_bpc"] for m in ms) / 2
-        assert row["best_val_bpc"][0] == pytest.approx(mean)
-        assert row["core_params"] == [ms[0]["params"]["core"]]
+        assert row["values"]["best_val_bpc"] == [m["best_val_bpc"] for m in sorted(ms, key=lambda m: m["seed"])]
+        assert row["best_val_bpc"][0] == pytest.approx(sum(m["best_val_bpc"] for m in ms) / 2)
+        assert row["core_params"] == ms[0]["params"]["core"]
+        assert row["converged"] is False  # 12 steps: every best is the last step
     p = report["welch_p"]["rnn vs gru"]["test_bpc"]
     assert 0 <= p <= 1
     assert [o["status"] for o in report["not_completed"]] == ["failed"]
+    (floor,) = report["ngram"].values()  # the count-based floor on the same split and vocabulary
+    assert floor["order"] == 5 and 0 < floor["test_bpc"] < 15
     text = (sweep / "report.md").read_text(encoding="utf-8")
     assert "| rnn | 2 |" in text and "crashed" in text and "training diverged" in text
+    assert "(not converged)" in text and "| Kneser-Ney 5-gram" in text
+    equal = report["equal"]  # best val bpc at the step and the training time every run reached
+    assert equal["step"] == 12 and equal["seconds"] > 0 and set(equal["by_time"]) == {"rnn", "gru"}
     assert (sweep / "val_bpc_vs_step.png").read_bytes()[:4] == b"\x89PNG"
     assert (sweep / "val_bpc_vs_time.png").stat().st_size > 1000
     assert "| gru | 2 |" in out.stdout
-    # issue-5 diagnostics per cell: rhyme-position losses, gradient-flow ratios and their figures
+    # diagnostics per cell: rhyme-position losses, gradient-flow ratios and their figures
     for cell in ("rnn", "gru"):
         ms = [m for m in runs[cell] if m["status"] == "completed"]
         rhyme = report["positions"][cell]["rhyme"]["loss"][0]
@@ -74,6 +80,16 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
     assert "rhyme loss" in text and "layer0_k20 init" in text
     for name in ("gradient_flow.png", "loss_by_position.png"):
         assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_run_against_time_since_the_first_training_step(sweep):
+    from tangshi.compare import find_runs
+
+    for run in find_runs([sweep]):
+        if run.status == "completed":
+            first_validation_s = run.curve[0][1]
+            # the first validation comes after 6 training steps, not at time 0 (the old clock's start)
+            assert 0 < first_validation_s < run.metrics["wall_time_s"]
 
 
 def test_jobs_run_in_parallel_never_share_a_directory(sweep):
@@ -99,18 +115,45 @@ def test_jobs_run_in_parallel_never_share_a_directory(sweep):
     assert overlapping, spans
 
 
-def test_best_learning_rate_per_cell():
-    def run(cell: str, lr: float, bpc: float, seed: int = 0) -> Run:
-        metrics = {"status": "completed", "cell": cell, "lr": lr, "seed": seed, "best_val_bpc": bpc}
-        return Run(Path(f"{cell}-{lr}-{seed}"), {**metrics, "params": {"core": 1, "total": 2}})
+def _run(cell: str, bpc: float | None, seed: int = 0, lr: float = 1e-3, core: int = 1000, **config) -> Run:
+    """A finished (or, with bpc None, failed) run as compare reads it: metrics.json and the flattened config."""
+    metrics = {"status": "failed" if bpc is None else "completed", "cell": cell, "lr": lr, "seed": seed}
+    if bpc is not None:
+        metrics |= {"best_val_bpc": bpc, "params": {"core": core, "total": 2 * core}, "steps": 10, "best_step": 5}
+    return Run(Path(f"{cell}-{lr}-{core}-{seed}"), metrics, {"model.cell": cell, "seed": seed, **config})
 
-    runs = [run("rnn", 1e-3, 8.0), run("rnn", 1e-2, 7.5), run("gru", 1e-3, 7.0), run("gru", 1e-3, 7.2, seed=1)]
-    runs += [run("gru", 1e-2, 7.05), run("gru", 1e-2, 7.25, seed=1)]
+
+def test_learning_rate_is_chosen_by_mean_over_seeds_with_a_stable_rate_above():
+    runs = []
+    for seed in range(3):
+        runs += [_run("rnn", 7.6, seed, 5e-3), _run("rnn", 7.42 + 0.01 * seed, seed, 1e-2)]
+        runs.append(_run("rnn", 7.40 if seed else 8.12, seed, 2e-2))  # best two seeds, but one blew up
+        runs.append(_run("rnn", None if seed == 2 else 7.9, seed, 4e-2))  # a seed diverged
+        runs += [
+            _run("gru", 7.1, seed, 1e-2),
+            _run("gru", 6.95 + 0.01 * seed, seed, 2e-2),
+            _run("gru", 7.0, seed, 4e-2),
+        ]
+    best = best_lr(runs)
+    # rnn: 2e-2 spreads 0.7 bits over its seeds and a seed of 4e-2 failed, so both are unstable; 1e-2 has the
+    # lowest stable mean but no margin (2e-2 above it is unstable): 5e-3, below a stable 1e-2, is chosen
+    assert (
+        best["rnn"]["lr"] == 5e-3 and best["rnn"]["stable"]["0.02"] is False and best["rnn"]["stable"]["0.04"] is False
+    )
+    assert best["gru"]["lr"] == 2e-2 and best["gru"]["lowest_mean"] == 2e-2  # 4e-2 above it is stable
+    assert best["gru"]["seeds"] == {"0.01": 3, "0.02": 3, "0.04": 3}
+
+
+def test_runs_of_different_sizes_are_never_averaged_together(tmp_path):
+    runs = [_run("lstm", 7.0 - 0.1 * s, s, core=200_000, **{"model.param_budget": 200000}) for s in range(2)]
+    runs += [_run("lstm", 6.5 - 0.1 * s, s, core=800_000, **{"model.param_budget": 800000}) for s in range(2)]
+    runs += [_run("gru", 6.9 - 0.1 * s, s, core=200_000, **{"model.param_budget": 200000}) for s in range(2)]
     summary = summarise(runs)
-    assert list(summary["cells"]) == ["rnn lr=0.001", "rnn lr=0.01", "gru lr=0.001", "gru lr=0.01"]
-    assert summary["best_lr"] == {"rnn": 0.01, "gru": 0.001}
-    assert list(summary["welch_p"]) == ["gru lr=0.001 vs gru lr=0.01"]  # only groups with two or more seeds
-    assert best_lr(summarise(runs[2:4])["cells"]) == {}  # one rate per cell: nothing to choose
+    assert list(summary["groups"]) == ["gru 200k", "lstm 200k", "lstm 800k"]
+    assert summary["groups"]["lstm 800k"]["best_val_bpc"][0] == pytest.approx(6.45)
+    assert "gru 200k vs lstm 800k" in summary["welch_p"]
+    plots = plot(group_runs(runs), {}, tmp_path)
+    assert "scaling.png" in plots and (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_with_no_runs_is_one_line(tmp_path):

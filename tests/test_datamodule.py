@@ -1,6 +1,7 @@
 import torch
 
-from tangshi.datamodule import BucketBatchSampler, PoemDataModule, collate
+from tangshi.batches import BucketBatchSampler, collate
+from tangshi.datamodule import PoemDataModule
 from tangshi.model import IGNORE_INDEX
 from tangshi.vocab import BOS_ID, EOS_ID, PAD_ID
 

@@ -16,9 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tangshi import checkpoint
+from tangshi.batches import PoemDataset, collate
 from tangshi.checkpoint import CheckpointError
 from tangshi.config import plain
-from tangshi.datamodule import PoemDataModule, PoemDataset, collate
+from tangshi.datamodule import PoemDataModule
 from tangshi.errors import TangshiError
 from tangshi.model import CORES
 from tangshi.module import PoemLM

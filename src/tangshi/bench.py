@@ -1,8 +1,10 @@
-"""Benchmarks: where training time goes, how close it runs to the hardware, and which options pay.
+"""Benchmarks: where training time goes, how close it runs to the hardware, sampling and start-up.
 
-The machines this runs on are shared and noisy, so each comparison is a ratio of measurements taken in
-the same process on the same batches, alternating the two sides (``reps`` rounds) and keeping the median.
-Throughput counts real tokens only (not padding), from the first step after ``warmup`` to the end of the last.
+The machines this runs on are shared and noisy, so each comparison is a ratio of measurements taken in the
+same process on the same batches, alternating the sides (``reps`` rounds) and keeping the median. Throughput
+counts real tokens only (not padding), from the first step after ``warmup`` to the end of the last.
+``scripts/bench.py`` runs :func:`run`; one-off experiments that settled a default (softmax head, batching,
+threads, torch.compile) live in ``scripts/bench_options.py``, outside the package.
 """
 
 from __future__ import annotations
@@ -15,27 +17,49 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from tangshi import decoding
+from tangshi.analysis import position_losses
+from tangshi.batches import BucketBatchSampler, PoemDataset, collate
+from tangshi.config import cpu_precision
 from tangshi.corpus import CorpusConfig, Prepared, prepare
-from tangshi.datamodule import BucketBatchSampler, PoemDataset, collate
-from tangshi.diagnostics import gradient_flow, position_losses, probe_batch
 from tangshi.errors import TangshiError
-from tangshi.evaluate import mean_loss
-from tangshi.model import IGNORE_INDEX, CharLM, bits, build_model
+from tangshi.formatting import markdown_table
+from tangshi.gradflow import gradient_flow, probe_batch
+from tangshi.model import IGNORE_INDEX, CharLM, build_model
 from tangshi.module import PoemLM
-from tangshi.vocab import PAD_ID, Vocab
+from tangshi.vocab import Vocab
 
 Batch = dict[str, Tensor]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``conf/bench.yaml`` asks for (see the comments there)."""
+
+    cells: list[str] = field(default_factory=lambda: ["lstm", "gru", "rnn"])
+    device: str = "cpu"
+    steps: int = 40
+    warmup: int = 5
+    reps: int = 2
+    sample_poems: int = 100
+    startup_runs: int = 3
+    batch_size: int = 64
+
+    @property
+    def precision(self) -> str:
+        """The training precision of the device, as the trainer configs choose it."""
+        return "bf16-mixed" if self.device.startswith("cuda") else cpu_precision()
 
 
 # -- batches and FLOPs ------------------------------------------------------------------------------------
@@ -62,20 +86,20 @@ def mean_tokens(batches: list[Batch]) -> float:
 
 
 def forward_flops(model: CharLM, targets: Tensor) -> float:
-    """Multiply-adds × 2 of one forward pass over the real tokens of ``targets`` (matrix products only:
-    the recurrent gates, the projection and the softmax head; element-wise work is not counted)."""
+    """Multiply-adds × 2 of one forward pass over the real tokens of ``targets`` (matrix products only: the
+    core's (``flops_per_token``), the projection and the softmax head; element-wise work is not counted)."""
     n = int((targets != IGNORE_INDEX).sum())
     per_token = model.core.flops_per_token(targets.shape[1])  # type: ignore[operator]
     if model.proj is not None:
         per_token += 2 * model.proj.in_features * model.proj.out_features
     dec = model.decoder
-    if isinstance(dec, nn.Linear):
+    if isinstance(dec, torch.nn.Linear):
         return n * (per_token + 2 * dec.in_features * dec.out_features)
     total = n * (per_token + 2 * dec.in_features * dec.head.out_features)
     t = targets[targets != IGNORE_INDEX]
     for i, tail in enumerate(dec.tail):  # only tokens of cluster i pay for its two matrices
         count = int(((t >= dec.cutoffs[i]) & (t < dec.cutoffs[i + 1])).sum())
-        total += count * sum(2 * m.in_features * m.out_features for m in tail if isinstance(m, nn.Linear))
+        total += count * sum(2 * m.in_features * m.out_features for m in tail if isinstance(m, torch.nn.Linear))
     return float(total)
 
 
@@ -84,11 +108,12 @@ def train_flops(model: CharLM, batches: Iterable[Batch]) -> float:
     return 3 * sum(forward_flops(model, b["targets"]) for b in batches)
 
 
-def mm_peak(device: str = "cpu", seconds: float = 1.0) -> float:
-    """FLOP/s of torch.mm on a few large float32 shapes like the model's, best of them: the roofline."""
+def mm_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
+    """FLOP/s of torch.mm on a few large shapes like the model's, in ``dtype`` (the training precision's
+    matrix type), best of them: the roofline."""
     best = 0.0
     for m, k, n in ((4096, 256, 1024), (2048, 512, 2048), (1024, 1024, 1024)):
-        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
         for _ in range(3):
             torch.mm(a, b)
         reps, start = 0, _now(device)
@@ -108,27 +133,17 @@ def _now(device: str) -> float:
 # -- training-step throughput -----------------------------------------------------------------------------
 
 
-def plain_step(
-    model: CharLM,
-    *,
-    lr: float = 3e-3,
-    clip: float = 1.0,
-    bf16: bool = False,
-    packed: bool = False,
-    compile_loss: bool = False,
-) -> Callable[[Batch], None]:
+def plain_step(model: CharLM, *, lr: float = 3e-3, clip: float = 1.0, bf16: bool = False) -> Callable[[Batch], None]:
     """One step of a minimal PyTorch loop: forward, loss, backward, clip, AdamW step."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    loss_fn = torch.compile(model.nll, dynamic=True) if compile_loss else model.nll
     model.train()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step(batch: Batch) -> None:
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)  # no-op when already there
         with amp:
-            feats = _packed_forward(model, inputs) if packed else model(inputs)[0]
-            total, count = loss_fn(feats, targets)
+            total, count = model.nll(model(inputs)[0], targets)
         (total / count).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
@@ -137,22 +152,8 @@ def plain_step(
     return step
 
 
-def plain_rate(model: CharLM, batches: list[Batch], warmup: int, **options: Any) -> float:
-    """Tokens/s of :func:`plain_step` (``options``: its keyword arguments)."""
-    return _rate(plain_step(model, **options), batches, warmup, next(model.parameters()).device.type)
-
-
-def _packed_forward(model: CharLM, inputs: Tensor) -> Tensor:
-    """The core over packed sequences (no work on padding) instead of padded ones."""
-    lengths = (inputs != PAD_ID).sum(1).clamp(min=1).cpu()
-    packed = pack_padded_sequence(model.drop(model.embed(inputs)), lengths, batch_first=True, enforce_sorted=False)
-    out, _ = model.core(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
-    out = model.drop(out)
-    return model.proj(out) if model.proj is not None else out
-
-
-def _rate(step: Callable[[Batch], None], batches: list[Batch], warmup: int, device: str) -> float:
+def rate(step: Callable[[Batch], None], batches: list[Batch], warmup: int, device: str) -> float:
+    """Tokens/s of ``step`` over ``batches`` after ``warmup`` untimed steps."""
     on_device = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
     for b in on_device[:warmup]:
         step(b)
@@ -160,6 +161,11 @@ def _rate(step: Callable[[Batch], None], batches: list[Batch], warmup: int, devi
     for b in on_device[warmup:]:
         step(b)
     return sum(tokens(b) for b in batches[warmup:]) / (_now(device) - start)
+
+
+def plain_rate(model: CharLM, batches: list[Batch], warmup: int, bf16: bool = False) -> float:
+    """Tokens/s of :func:`plain_step`."""
+    return rate(plain_step(model, bf16=bf16), batches, warmup, next(model.parameters()).device.type)
 
 
 class _Clock(L.Callback):
@@ -176,7 +182,7 @@ class _Clock(L.Callback):
 
 
 def lightning_rate(
-    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], warmup: int, device: str, precision: str = "32-true"
+    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], warmup: int, device: str, precision: str
 ) -> float:
     """Tokens/s of the real PoemLM under a Lightning Trainer (logging every step as in training)."""
     torch.manual_seed(0)
@@ -206,23 +212,23 @@ TINY = {"embed_dim": 8, "hidden_size": 8, "param_budget": None, "num_layers": 1,
 
 
 def lightning_step_cost(
-    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], warmup: int, device: str, reps: int
+    model_cfg: dict[str, Any], vocab: Vocab, batches: list[Batch], settings: BenchSettings
 ) -> dict[str, float]:
     """Seconds per step of the plain loop and of Lightning on a model (:data:`TINY`) and batches (two poems)
     so small that their difference, Lightning's fixed cost per step, is most of what is timed: unlike a 1-3 %
-    difference between two long timings, it stands out of this machine's noise."""
+    difference between two long timings, it stands out of this machine's noise. Float32 on both sides."""
     cfg = {**model_cfg, **TINY}
     batches = [{k: v[:2] for k, v in b.items()} for b in batches]
+    device, warmup = settings.device, settings.warmup
     rates = alternate(
         {
             "plain": lambda: plain_rate(build_model(cfg, vocab).to(device), batches, warmup),
-            "lightning": lambda: lightning_rate(cfg, vocab, batches, warmup, device),
+            "lightning": lambda: lightning_rate(cfg, vocab, batches, warmup, device, "32-true"),
         },
-        reps,
+        settings.reps,
     )
     per_batch = mean_tokens(batches[warmup:])  # of the two-poem batches
-    plain, lit = per_batch / rates["plain"], per_batch / rates["lightning"]
-    return {"plain_step_s": plain, "lightning_step_s": lit, "cost_s": lit - plain}
+    return {"plain_step_s": per_batch / rates["plain"], "lightning_step_s": per_batch / rates["lightning"]}
 
 
 def rounds(measure: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
@@ -242,8 +248,9 @@ def alternate(measure: dict[str, Callable[[], float]], reps: int) -> dict[str, f
 # -- other timings ----------------------------------------------------------------------------------------
 
 
-def sampling_rates(model: CharLM, vocab: Vocab, n: int) -> dict[str, float]:
-    """Poems/s for ``n`` poems sampled in one batch and one at a time."""
+def sampling_rates(model: CharLM, vocab: Vocab, n: int) -> dict[str, Any]:
+    """Poems/s for ``n`` poems sampled in one batch and one at a time, and the cost of one decoding step with
+    the batch kept full (a regular form ends every poem at the same step) against one poem."""
     decoding.sample(model, vocab, decoding.SamplingConfig(n=2, seed=0))  # warm-up
     start = time.perf_counter()
     decoding.sample(model, vocab, decoding.SamplingConfig(n=n, seed=0))
@@ -252,21 +259,29 @@ def sampling_rates(model: CharLM, vocab: Vocab, n: int) -> dict[str, float]:
     for i in range(n):
         decoding.sample(model, vocab, decoding.SamplingConfig(n=1, seed=i))
     single = n / (time.perf_counter() - start)
-    # A regular form ends every poem at the same step, so no poem leaves the batch early: the cost of one
-    # step at n rows against one row bounds what batching can gain.
     step_s = {}
     for rows in (1, n):
         cfg = decoding.SamplingConfig(n=rows, seed=0, form="wuyan_jueju")
         start = time.perf_counter()
         decoding.sample(model, vocab, cfg)
-        step_s[rows] = (time.perf_counter() - start) / (cfg.max_chars + 1)
-    return {
-        "batched_poems_per_s": batched,
-        "single_poems_per_s": single,
-        "speedup": batched / single,
-        "step_s": {"one": step_s[1], "batch": step_s[n]},
-        "full_batch_speedup": n * step_s[1] / step_s[n],
-    }
+        step_s["one" if rows == 1 else "batch"] = (time.perf_counter() - start) / (cfg.max_chars + 1)
+    return {"batched_poems_per_s": batched, "single_poems_per_s": single, "step_s": step_s}
+
+
+def diagnostics_overhead(model: CharLM, prepared: Prepared, batches: list[Batch], warmup: int) -> dict[str, float]:
+    """Seconds of a gradient-flow measurement (the callback's, every 100 steps by default) and of the position
+    losses at the end of a run, and of one training step, to set against a run's length."""
+    device = next(model.parameters()).device.type
+    step_s = mean_tokens(batches) / plain_rate(model, batches, warmup)
+    probe = probe_batch(prepared.splits["val"], prepared.vocab).to(device)
+    gradient_flow(model, probe)  # warm-up
+    start = _now(device)
+    for _ in range(3):
+        gradient_flow(model, probe)
+    flow_s = (_now(device) - start) / 3
+    start = _now(device)
+    position_losses(model, prepared.vocab, prepared.splits["val"])
+    return {"step_s": step_s, "gradient_flow_s": flow_s, "position_losses_s": _now(device) - start}
 
 
 def preparation_times(corpus: CorpusConfig, data_dir: Path) -> dict[str, float]:
@@ -283,10 +298,9 @@ def preparation_times(corpus: CorpusConfig, data_dir: Path) -> dict[str, float]:
     return {"cold_s": cold, "warm_s": warm}
 
 
-def startup_seconds(overrides: list[str], runs: int = 3) -> list[dict[str, float]]:
+def startup_seconds(overrides: list[str], runs: int) -> list[dict[str, float]]:
     """Seconds from launching ``scripts/train.py`` to its first training step (warm cache), each run fresh:
     ``total_s``, and ``launch_s`` of it before ``train()`` was entered (imports and Hydra's composition)."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
     out = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -298,10 +312,11 @@ def startup_seconds(overrides: list[str], runs: int = 3) -> list[dict[str, float
                 "poetics_samples=0",
                 "position_losses=false",
                 "trainer.enable_progress_bar=false",
-                "~callbacks.progress_bar",
                 f"hydra.run.dir={tmp}",
             ]
-            done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+            done = subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "train.py"), *args], capture_output=True, text=True, check=False
+            )
             if done.returncode:
                 raise TangshiError(f"scripts/train.py {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
             metrics = json.loads((Path(tmp) / "metrics.json").read_text(encoding="utf-8"))
@@ -309,113 +324,75 @@ def startup_seconds(overrides: list[str], runs: int = 3) -> list[dict[str, float
     return out
 
 
-IMPORTS = {"python": "pass", "torch": "import torch", "torch + lightning": "import torch, lightning"}
-
-
-def import_seconds(runs: int = 3) -> dict[str, float]:
-    """Best-of-``runs`` wall seconds of a fresh interpreter that only imports each of :data:`IMPORTS`: the
-    floor under start-up that this project's code does not control."""
-    out = {}
-    for name, code in IMPORTS.items():
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
-            times.append(time.perf_counter() - start)
-        out[name] = min(times)
+def command_seconds(args: list[str], runs: int) -> list[float]:
+    """Wall seconds of a fresh ``python <args>``, ``runs`` times (it must succeed)."""
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, cwd=ROOT)
+        out.append(time.perf_counter() - start)
+        if done.returncode:
+            raise TangshiError(f"python {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
     return out
 
 
-@contextmanager
-def busy_core() -> Any:
-    """Another process spinning on one core, as when tests or a second run share the machine."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@contextmanager
-def threads(n: int) -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_for(model: CharLM, batches: list[Batch], seconds: float) -> int:
-    """Train for a wall-clock budget, cycling through ``batches``; returns the steps taken."""
-    step = plain_step(model)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step(batches[steps % len(batches)])
-        steps += 1
-    return steps
+IMPORTS = {"python": "pass", "torch": "import torch", "torch + lightning": "import torch, lightning"}
 
 
 # -- the whole benchmark ----------------------------------------------------------------------------------
 
 
 def run(
+    settings: BenchSettings,
     prepared: Prepared,
     model_cfg: dict[str, Any],
-    *,
     corpus: CorpusConfig,
     data_dir: Path,
-    cells: list[str],
-    batch_size: int = 64,
-    steps: int = 40,
-    warmup: int = 5,
-    reps: int = 2,
-    device: str = "cpu",
-    sample_poems: int = 100,
-    budget_s: float = 60.0,
+    *,
     startup_overrides: list[str] | None = None,
-    startup_runs: int = 3,
-    options: bool = True,
-    diag_every: int = 100,
-    diag_steps: int = 2000,
-    log: Callable[[str], None] = print,
     sampler: CharLM | None = None,
     sampler_vocab: Vocab | None = None,
+    sample_command: list[str] | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every measurement of the benchmark; see the README's Performance section for what each means.
-    ``sampler`` (a trained model, with its vocabulary) is what sampling speed is measured on."""
-    vocab = prepared.vocab
-    train_ds = PoemDataset(prepared.splits["train"], vocab)
-    val_ds = PoemDataset(prepared.splits["val"][:512], vocab)  # enough to rank the heads, quick to score
-    batches = make_batches(train_ds, batch_size, steps + warmup)
+    ``sampler`` (a trained model, with its vocabulary) is what sampling speed is measured on; ``sample_command``
+    (``scripts/sample.py`` and its arguments) is timed end to end in fresh processes."""
+    vocab, device = prepared.vocab, settings.device
+    batches = make_batches(
+        PoemDataset(prepared.splits["train"], vocab), settings.batch_size, settings.steps + settings.warmup
+    )
+    bf16 = settings.precision == "bf16-mixed"
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "batch_size": batch_size,
+        "batch_size": settings.batch_size,
+        "tokens_per_batch": mean_tokens(batches[settings.warmup :]),
+        "precision": settings.precision,
         "model": {k: v for k, v in model_cfg.items() if k != "cell"},
+        "cells": {},
     }
 
-    def fresh(cell: str, **changes: Any) -> CharLM:
+    def fresh(cell: str) -> CharLM:
         torch.manual_seed(0)
-        return build_model({**model_cfg, "cell": cell, **changes}, vocab).to(device)
+        return build_model({**model_cfg, "cell": cell}, vocab).to(device)
 
-    result["cells"] = {}
-    for cell in cells:
-        log(f"{cell}: Lightning vs plain loop …")
+    for cell in settings.cells:
+        log(f"{cell}: Lightning vs plain loop, {settings.precision} against float32 …")
         cfg = {**model_cfg, "cell": cell}
         # Ratios are taken within a round (measurements seconds apart), then the median over rounds: on a
         # shared machine the speed drifts by more than the overhead being measured.
-        r = rounds(
-            {
-                "peak": lambda: mm_peak(device),
-                "plain": lambda cell=cell: plain_rate(fresh(cell), batches, warmup),
-                "lightning": lambda cfg=cfg: lightning_rate(cfg, vocab, batches, warmup, device),
-            },
-            reps,
-        )
+        measure = {
+            "peak": lambda: mm_peak(device, torch.bfloat16 if bf16 else torch.float32),
+            "plain": lambda cell=cell: plain_rate(fresh(cell), batches, settings.warmup, bf16),
+            "lightning": lambda cfg=cfg: lightning_rate(
+                cfg, vocab, batches, settings.warmup, device, settings.precision
+            ),
+        }
+        if bf16:
+            measure["plain_float32"] = lambda cell=cell: plain_rate(fresh(cell), batches, settings.warmup)
+        r = rounds(measure, settings.reps)
         model = fresh(cell)
         flops_per_token = train_flops(model, batches) / sum(tokens(b) for b in batches)
         med = statistics.median
@@ -432,237 +409,111 @@ def run(
             "rounds": r,
             "params": model.param_counts(),
         }
+        if bf16:
+            result["cells"][cell]["bf16_speedup"] = med(
+                b / f for b, f in zip(r["plain"], r["plain_float32"], strict=True)
+            )
     log("Lightning's fixed cost per step …")
-    cost = result["lightning_step_cost"] = lightning_step_cost(model_cfg, vocab, batches, warmup, device, reps)
-    per_batch = mean_tokens(batches[warmup:])
-    for c in result["cells"].values():  # that cost against each cell's own step time
-        c["lightning_step_cost_share"] = cost["cost_s"] / (per_batch / c["lightning_tokens_per_s"])
-    cell = cells[0]
+    result["lightning_step_cost"] = lightning_step_cost(model_cfg, vocab, batches, settings)
+    cell = settings.cells[0]
     log("sampling …")
     if sampler is None:  # an untrained model never writes <eos>: every poem runs to max_len
         sampler, sampler_vocab, source = fresh(cell).eval(), vocab, f"untrained {cell}"
     else:
         sampler_vocab, source = sampler_vocab or vocab, "trained checkpoint"
-    result["sampling"] = {"poems": sample_poems, "model": source}
-    result["sampling"].update(sampling_rates(sampler.to(device).eval(), sampler_vocab, sample_poems))
-    log("diagnostics overhead …")
-    result["diagnostics"] = diagnostics_overhead(fresh(cell), prepared, batches, warmup, diag_every, diag_steps)
+    result["sampling"] = {"poems": settings.sample_poems, "model": source}
+    result["sampling"].update(sampling_rates(sampler.to(device).eval(), sampler_vocab, settings.sample_poems))
+    recurrent = next((c for c in settings.cells if getattr(fresh(c).core, "recurrent", False)), None)
+    if recurrent:
+        log("diagnostics …")
+        result["diagnostics"] = {
+            "cell": recurrent,
+            **diagnostics_overhead(fresh(recurrent), prepared, batches, settings.warmup),
+        }
     log("corpus preparation, start-up …")
     result["preparation"] = preparation_times(corpus, data_dir)
-    if startup_runs:
+    if settings.startup_runs:
         result["startup"] = {
-            "runs": startup_seconds(startup_overrides or [], startup_runs),
-            "imports_s": import_seconds(startup_runs),
+            "runs": startup_seconds(startup_overrides or [], settings.startup_runs),
+            "imports_s": {k: min(command_seconds(["-c", code], settings.startup_runs)) for k, code in IMPORTS.items()},
         }
-    if options:
-        result["options"] = measure_options(
-            fresh, cell, batches, train_ds, val_ds, batch_size, steps, warmup, reps, device, budget_s, log
-        )
+        if sample_command:
+            result["startup"]["sample"] = {
+                "command": " ".join(["python", *sample_command]),
+                "runs_s": command_seconds(sample_command, settings.startup_runs),
+            }
     return result
 
 
-def diagnostics_overhead(
-    model: CharLM, prepared: Prepared, batches: list[Batch], warmup: int, every: int, steps: int
-) -> dict[str, float]:
-    """Time of the diagnostics as a share of a default run's training time: a gradient-flow measurement
-    every ``every`` steps, and the position losses once at the end, against ``steps`` training steps."""
-    device = next(model.parameters()).device.type
-    rate = plain_rate(model, batches, warmup)
-    step_s = mean_tokens(batches) / rate
-    probe = probe_batch(prepared.splits["val"], prepared.vocab).to(device)
-    gradient_flow(model, probe)  # warm-up
-    start = _now(device)
-    for _ in range(3):
-        gradient_flow(model, probe)
-    flow_s = (_now(device) - start) / 3
-    start = _now(device)
-    position_losses(model, prepared.vocab, prepared.splits["val"])
-    positions_s = _now(device) - start
-    train_s = steps * step_s
-    return {
-        "step_s": step_s,
-        "gradient_flow_s": flow_s,
-        "position_losses_s": positions_s,
-        "every_n_steps": every,
-        "run_steps": steps,
-        "overhead": (flow_s * (steps // every + 1) + positions_s) / train_s,
-    }
-
-
-def measure_options(
-    fresh: Callable[..., CharLM],
-    cell: str,
-    batches: list[Batch],
-    train_ds: PoemDataset,
-    val_ds: PoemDataset,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    reps: int,
-    device: str,
-    budget_s: float,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    """Each option against the default, as tokens/s ratios (and, for the head, val bpc at equal time)."""
-    out: dict[str, Any] = {}
-    log("option: adaptive vs full softmax …")
-    speed = alternate(
-        {
-            "adaptive": lambda: plain_rate(fresh(cell, head="adaptive"), batches, warmup),
-            "full": lambda: plain_rate(fresh(cell, head="full"), batches, warmup),
-        },
-        reps,
-    )
-    quality = {}
-    for head in ("adaptive", "full"):
-        model = fresh(cell, head=head)
-        steps_done = train_for(model, batches, budget_s)
-        quality[head] = {"steps": steps_done, "val_bpc": bits(mean_loss(model, val_ds, 128))}
-    out["head"] = {"tokens_per_s": speed, "speedup": speed["adaptive"] / speed["full"], "equal_time": quality}
-    out["head"]["equal_time"]["seconds"] = budget_s
-
-    log("option: bf16 autocast …")
-    out["bf16"] = {"unsupported": {}}
-    for c in dict.fromkeys([cell, "rnn"]):  # oneDNN builds without bf16 LSTM/GRU kernels: fall back to rnn
-        try:
-            bf16 = alternate(
-                {
-                    "float32": lambda c=c: plain_rate(fresh(c), batches, warmup),
-                    "bf16": lambda c=c: plain_rate(fresh(c), batches, warmup, bf16=True),
-                },
-                reps,
-            )
-        except RuntimeError as e:
-            out["bf16"]["unsupported"][c] = str(e).splitlines()[0]
-            continue
-        out["bf16"].update(cell=c, tokens_per_s=bf16, speedup=bf16["bf16"] / bf16["float32"])
-        break
-
-    log("option: torch.compile of the head and loss …")
-    try:
-        plain_rate(fresh(cell), batches[: warmup + 2], warmup, compile_loss=True)  # compile once, untimed
-        comp = alternate(
-            {
-                "eager": lambda: plain_rate(fresh(cell), batches, warmup),
-                "compiled": lambda: plain_rate(fresh(cell), batches, warmup, compile_loss=True),
-            },
-            reps,
-        )
-        out["compile"] = {"tokens_per_s": comp, "speedup": comp["compiled"] / comp["eager"]}
-    except Exception as e:  # no C++ compiler, or an unsupported op: report it, do not stop the benchmark
-        out["compile"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-
-    if device == "cpu" and (os.cpu_count() or 1) > 1:
-        log("option: threads, idle and with a busy core …")
-        n = torch.get_num_threads()
-        out["threads"] = {}
-        for label, ctx in (("idle", nullcontext), ("one core busy", busy_core)):
-            with ctx():
-                for t in sorted({1, n}):
-                    with threads(t):
-                        out["threads"][f"{t} thread{'s' if t > 1 else ''}, {label}"] = plain_rate(
-                            fresh(cell), batches, warmup
-                        )
-
-    log("option: batching …")
-    random_batches = make_batches(train_ds, batch_size, steps + warmup, mode="random")
-    batching = alternate(
-        {
-            "bucketed, padded": lambda: plain_rate(fresh(cell), batches, warmup),
-            "random, padded": lambda: plain_rate(fresh(cell), random_batches, warmup),
-            "random, packed": lambda: plain_rate(fresh(cell), random_batches, warmup, packed=True),
-            "bucketed, packed": lambda: plain_rate(fresh(cell), batches, warmup, packed=True),
-        },
-        reps,
-    )
-    out["batching"] = {"tokens_per_s": batching}
-    return out
-
-
 def to_markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# Benchmark: {r['device']}, torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}",
-        "",
-        "Medians over rounds; the overhead and the share of the torch.mm peak (float32) are taken within a round.",
-        "",
-        "| cell | plain loop tok/s | Lightning tok/s | Lightning overhead | useful GFLOP/s | mm peak GFLOP/s "
-        "| of mm peak |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    bf16 = r["precision"] == "bf16-mixed"
+    columns = ["cell", "plain loop tok/s", "Lightning tok/s", "Lightning overhead", "useful GFLOP/s"]
+    columns += ["mm peak GFLOP/s", "of mm peak"] + (["bf16 vs float32"] if bf16 else [])
+    rows = [
+        [
+            cell,
+            f"{c['plain_tokens_per_s']:,.0f}",
+            f"{c['lightning_tokens_per_s']:,.0f}",
+            f"{c['lightning_overhead']:+.1%}",
+            f"{c['useful_flops'] / 1e9:.1f}",
+            f"{c['mm_peak_flops'] / 1e9:.0f}",
+            f"{c['fraction_of_mm_peak']:.0%}",
+            *([f"{c['bf16_speedup']:.2f}x"] if bf16 else []),
+        ]
+        for cell, c in r["cells"].items()
     ]
-    for cell, c in r["cells"].items():
-        lines.append(
-            f"| {cell} | {c['plain_tokens_per_s']:,.0f} | {c['lightning_tokens_per_s']:,.0f} | "
-            f"{c['lightning_overhead']:+.1%} | {c['useful_flops'] / 1e9:.1f} | {c['mm_peak_flops'] / 1e9:.0f} | "
-            f"{c['fraction_of_mm_peak']:.0%} |"
-        )
+    lines = [
+        f"# Benchmark: {r['device']}, torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, "
+        f"{r['precision']}",
+        "",
+        f"Medians over rounds; the overhead and the share of the torch.mm peak ({'bf16' if bf16 else 'float32'}, "
+        "the training precision) are taken within a round.",
+        "",
+        *markdown_table(columns, rows),
+    ]
     cost = r["lightning_step_cost"]
+    extra = cost["lightning_step_s"] - cost["plain_step_s"]
     lines += [
         "",
-        f"Lightning's fixed cost per step ({TINY['hidden_size']} hidden units, two poems a batch): "
+        f"Lightning's fixed cost per step ({TINY['hidden_size']} hidden units, two poems a batch, float32): "
         f"{cost['lightning_step_s'] * 1e3:.1f} ms vs {cost['plain_step_s'] * 1e3:.1f} ms in the plain loop, "
-        f"{cost['cost_s'] * 1e3:.1f} ms, which is "
-        + ", ".join(f"{c['lightning_step_cost_share']:.1%} of a {name} step" for name, c in r["cells"].items())
+        f"{extra * 1e3:.1f} ms, which is "
+        + ", ".join(
+            f"{extra * c['lightning_tokens_per_s'] / r['tokens_per_batch']:.1%} of a {name} step"
+            for name, c in r["cells"].items()
+        )
         + ".",
     ]
-    s = r["sampling"]
-    d = r["diagnostics"]
-    p = r["preparation"]
+    s, p = r["sampling"], r["preparation"]
+    full_batch = s["poems"] * s["step_s"]["one"] / s["step_s"]["batch"]
+    speedup = s["batched_poems_per_s"] / s["single_poems_per_s"]
     lines += [
         "",
-        f"Sampling {s['poems']} poems ({s.get('model', 'untrained')}): {s['batched_poems_per_s']:.1f} poems/s batched, "
-        f"{s['single_poems_per_s']:.2f} poems/s one at a time ({s['speedup']:.0f}×). A sampling step (wuyan_jueju, "
-        f"no poem ends early): {s['step_s']['batch'] * 1e3:.2f} ms for {s['poems']} poems, "
-        f"{s['step_s']['one'] * 1e3:.2f} ms for one, so a full batch is at most {s['full_batch_speedup']:.0f}× "
-        "one poem's rate.",
-        f"Diagnostics: gradient flow {d['gradient_flow_s'] * 1e3:.0f} ms per measurement (every "
-        f"{d['every_n_steps']} steps), position losses {d['position_losses_s']:.1f} s once: "
-        f"{d['overhead']:.1%} of a {d['run_steps']}-step run ({d['step_s'] * 1e3:.0f} ms/step).",
-        f"Corpus preparation: {p['cold_s']:.1f} s cold (download cached), {p['warm_s']:.2f} s warm.",
+        f"Sampling {s['poems']} poems ({s['model']}): {s['batched_poems_per_s']:.1f} poems/s batched, "
+        f"{s['single_poems_per_s']:.2f} poems/s one at a time ({speedup:.0f}x). A decoding step (wuyan_jueju, no "
+        f"poem ends early): {s['step_s']['batch'] * 1e3:.2f} ms for {s['poems']} poems, {s['step_s']['one'] * 1e3:.2f} "
+        f"ms for one, so a full batch is at most {full_batch:.0f}x one poem's rate.",
     ]
+    if "diagnostics" in r:
+        d = r["diagnostics"]
+        lines.append(
+            f"Diagnostics ({d['cell']}): gradient flow {d['gradient_flow_s'] * 1e3:.0f} ms per measurement, position "
+            f"losses {d['position_losses_s']:.1f} s once; a training step {d['step_s'] * 1e3:.0f} ms."
+        )
+    lines.append(f"Corpus preparation: {p['cold_s']:.1f} s cold (download cached), {p['warm_s']:.2f} s warm.")
     if "startup" in r:
-        runs, imports = r["startup"]["runs"], r["startup"]["imports_s"]
+        st = r["startup"]
         lines.append(
             "Start-up to the first training step (warm cache): "
-            + ", ".join(f"{u['total_s']:.1f} s (imports and Hydra {u['launch_s']:.1f} s)" for u in runs)
+            + ", ".join(f"{u['total_s']:.1f} s (imports and Hydra {u['launch_s']:.1f} s)" for u in st["runs"])
             + ". A fresh interpreter that only imports: "
-            + ", ".join(f"{name} {v:.1f} s" for name, v in imports.items())
+            + ", ".join(f"{name} {v:.1f} s" for name, v in st["imports_s"].items())
             + "."
         )
-    o = r.get("options")
-    if o:
-        h = o["head"]
-        eq = h["equal_time"]
-        lines += [
-            "",
-            "| option | measured | ratio to the default |",
-            "| --- | --- | ---: |",
-            f"| full softmax instead of adaptive | {h['tokens_per_s']['full']:,.0f} vs "
-            f"{h['tokens_per_s']['adaptive']:,.0f} tok/s; after {eq['seconds']:.0f} s: val bpc "
-            f"{eq['full']['val_bpc']:.2f} ({eq['full']['steps']} steps) vs {eq['adaptive']['val_bpc']:.2f} "
-            f"({eq['adaptive']['steps']} steps) | {1 / h['speedup']:.2f} |",
-        ]
-        b = o["bf16"]
-        for c, err in b["unsupported"].items():
-            lines.append(f"| bf16 autocast, {c} | fails: {err[:70]} | – |")
-        if "speedup" in b:
+        if "sample" in st:
+            runs = st["sample"]["runs_s"]
             lines.append(
-                f"| bf16 autocast, {b['cell']} | {b['tokens_per_s']['bf16']:,.0f} vs "
-                f"{b['tokens_per_s']['float32']:,.0f} tok/s | {b['speedup']:.2f} |"
+                f"`{st['sample']['command']}`: median {statistics.median(runs):.2f} s wall over {len(runs)} runs "
+                f"({', '.join(f'{x:.2f}' for x in runs)})."
             )
-        c = o["compile"]
-        if "error" in c:
-            lines.append(f"| torch.compile (head and loss) | failed: {c['error']} | – |")
-        else:
-            lines.append(
-                f"| torch.compile (head and loss) | {c['tokens_per_s']['compiled']:,.0f} vs "
-                f"{c['tokens_per_s']['eager']:,.0f} tok/s | {c['speedup']:.2f} |"
-            )
-        base = o["batching"]["tokens_per_s"]["bucketed, padded"]
-        for name, v in o["batching"]["tokens_per_s"].items():
-            if name != "bucketed, padded":
-                lines.append(f"| batches {name} (default: bucketed, padded) | {v:,.0f} tok/s | {v / base:.2f} |")
-        if "threads" in o:
-            ref = o["threads"].get(f"{r['threads']} threads, idle") or next(iter(o["threads"].values()))
-            for name, v in o["threads"].items():
-                lines.append(f"| {name} | {v:,.0f} tok/s | {v / ref:.2f} |")
     return "\n".join(lines) + "\n"

@@ -15,9 +15,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from torch import Tensor
 
+from tangshi import figures
 from tangshi.atomic import write_json
-from tangshi.diagnostics import DISTANCES, decay_ratios, gradient_flow, plot_flow, probe_batch
 from tangshi.errors import TangshiError, require_positive_int
+from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class StoppingRule(L.Callback):
 
 
 class GradientFlow(L.Callback):
-    """Gradient flow through time (:func:`tangshi.diagnostics.gradient_flow`) at initialisation and every
+    """Gradient flow through time (:func:`tangshi.gradflow.gradient_flow`) at initialisation and every
     ``every_n_steps`` steps, on fixed validation poems. Logs ``gradflow/layer{l}_k{k}`` (the share of the
     gradient left after k characters) and a figure to TensorBoard, and keeps every curve in
     ``<dirpath>/gradient_flow.json``. One forward and backward pass of ``poems`` × ``length`` tokens each time.
@@ -196,7 +197,7 @@ class GradientFlow(L.Callback):
             if hasattr(experiment, "add_figure"):
                 curves = {f"step {m['step']}": m["norms"] for m in (self.measurements[0], self.measurements[-1])}
                 title = f"{model.cell}: gradient flow through time"
-                experiment.add_figure("gradflow/curve", plot_flow(curves, title), step)  # closes the figure
+                experiment.add_figure("gradflow/curve", figures.gradient_flow(curves, title), step)  # closes it
         if self.path is not None:
             write_json(self.path, self.record(str(model.cell)))
 

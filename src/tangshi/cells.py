@@ -50,11 +50,10 @@ class _Fused:
         g, h = cls.gates, hidden_size
         return sum(g * (h * ((input_size if layer == 0 else h) + h) + 2 * h) for layer in range(num_layers))
 
-    @classmethod
-    def flops_per_token(cls, input_size: int, hidden_size: int, num_layers: int, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int) -> float:
         """Forward multiply-adds × 2 of the matrix products per token (element-wise work not counted)."""
-        h = hidden_size
-        return float(sum(2 * cls.gates * h * ((input_size if layer == 0 else h) + h) for layer in range(num_layers)))
+        h = self.hidden_size
+        return float(sum(2 * self.gates * h * ((self.input_size if i == 0 else h) + h) for i in range(self.num_layers)))
 
     def layer_step(self, x: Tensor, layer: int, state: State | None) -> State:
         """Layer ``layer`` advanced one step on inputs ``x`` ``(B, In)``: its new state ``(B, H)`` (a pair
@@ -183,6 +182,7 @@ class _Minimal(nn.Module):
         return sum(cls.blocks * h * ((input_size if i == 0 else h) + 1) for i in range(num_layers))
 
     def flops_per_token(self, seq_len: int) -> float:
+        """Forward multiply-adds × 2 of the gate and candidate projections per token (the scan is element-wise)."""
         h = self.hidden_size
         return float(sum(2 * self.blocks * h * (self.input_size if i == 0 else h) for i in range(self.num_layers)))
 

@@ -114,12 +114,11 @@ def export(source: str | Path, dest: str | Path, extra: dict[str, Any] | None = 
 def prepared_data(loaded: Loaded, data: dict[str, Any] | None, data_dir: str | Path) -> Prepared:
     """The corpus a checkpoint was trained on (its recorded data settings, or ``data`` when given),
     prepared from the cache, with the vocabulary checked against the checkpoint's."""
-    from tangshi.corpus import prepare
-    from tangshi.datamodule import PoemDataModule
+    from tangshi.corpus import CorpusConfig, prepare
 
     data = data or loaded.hparams.get("data")
     if not data:
         raise CheckpointError(f"checkpoint {loaded.path} records no data settings; pass data={{source: …, …}}")
-    prepared = prepare(PoemDataModule.from_config(data, data_dir).corpus, data_dir)
+    prepared = prepare(CorpusConfig.from_data(data), data_dir)
     loaded.vocab.check_matches(prepared.vocab, f"use {loaded.path} with the data in {prepared.path}")
     return prepared

@@ -37,6 +37,7 @@ NPM_SPEC = "chinese-poetry@2.0.1"
 NPM_INTEGRITY = "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ//25K8p3uHNg=="
 SOURCES = ("npm", "chinese_poetry", "poems_txt", "jsonl")
 SPLITS = ("train", "val", "test")
+LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")  # data settings of batching only
 # Bump when cleaning or splitting changes, so caches prepared by older code are not reused.
 PREP_VERSION = 2
 # Near-duplicates (重出 poems, variant readings) share a split: poems sharing a line of at least SHARED_LINE
@@ -70,6 +71,13 @@ class CorpusConfig:
     test_frac: float = 0.05
     npm_spec: str = NPM_SPEC
     npm_integrity: str = NPM_INTEGRITY
+
+    @classmethod
+    def from_data(cls, data: dict) -> CorpusConfig:
+        """From the ``data`` config group (a plain dict); its batching settings are not the corpus's."""
+        settings = {k: v for k, v in data.items() if k not in LOADER_KEYS}
+        settings["forms"] = tuple(settings["forms"]) if settings.get("forms") else None
+        return cls(**settings)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

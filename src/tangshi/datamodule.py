@@ -1,121 +1,22 @@
-"""PoemDataModule: one poem per sequence (``<bos> body <eos>``) in length-bucketed batches.
+"""PoemDataModule: the prepared corpus as Lightning loaders of length-bucketed batches (:mod:`tangshi.batches`).
 
-Poems range from 10 to 128+ characters; batching poems of similar length wastes little compute on
-padding (about 4x faster than random batches here). The batch sampler shards batches across DDP ranks
-itself, so Lightning must not wrap it (``use_distributed_sampler: false`` in the trainer configs). The
-training loader saves its place in the epoch in checkpoints, so a run resumed mid-epoch continues exactly.
+The training loader saves its place in the epoch in checkpoints, so a run resumed mid-epoch continues exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from tangshi.corpus import CorpusConfig, Prepared, prepare
+from tangshi.batches import BucketBatchSampler, PoemDataset, collate
+from tangshi.corpus import LOADER_KEYS, CorpusConfig, Prepared, prepare
 from tangshi.errors import TangshiError, require_positive_int
-from tangshi.model import IGNORE_INDEX
-from tangshi.vocab import PAD_ID, Vocab
-
-
-class PoemDataset(Dataset[Tensor]):
-    """Encoded poems, each ``<bos> body <eos>``."""
-
-    def __init__(self, bodies: Sequence[str], vocab: Vocab):
-        flat, self.lengths = vocab.encode_many(bodies)
-        self.seqs = list(torch.from_numpy(flat).split(self.lengths))  # views into one tensor
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.seqs[i]
-
-
-def collate(seqs: Sequence[Tensor]) -> dict[str, Tensor]:
-    """Right-pad a batch; inputs are tokens 0..n-2, targets 1..n-1 with padding set to IGNORE_INDEX."""
-    n = max(len(s) for s in seqs) - 1
-    inputs = torch.full((len(seqs), n), PAD_ID, dtype=torch.long)
-    targets = torch.full((len(seqs), n), IGNORE_INDEX, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        inputs[i, : len(s) - 1] = s[:-1]
-        targets[i, : len(s) - 1] = s[1:]
-    return {"inputs": inputs, "targets": targets}
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length sequences, reshuffled every epoch, split across ``num_replicas`` ranks.
-
-    Each epoch: shuffle, sort within pools of ``pool_batches`` batches, cut into batches, shuffle the batches.
-    Every sequence lands in exactly one batch and every batch on exactly one rank; when the batch count does
-    not divide among the ranks, the largest batches are halved until it does, so no poem is repeated or dropped
-    and all ranks take the same number of steps.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
-        pool_batches: int = 50,
-    ):
-        if batch_size < 1:
-            raise TangshiError(f"data.batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        if len(lengths) < num_replicas:
-            raise ValueError(f"{len(lengths)} sequences cannot be shared among {num_replicas} ranks")
-        self.lengths = list(lengths)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.num_replicas, self.rank, self.pool = num_replicas, rank, pool_batches * batch_size
-        self.epoch = 0
-        self.skip = 0  # batches of this epoch already trained on before a resume
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def sampler(self) -> BucketBatchSampler:
-        # Lightning calls ``dataloader.batch_sampler.sampler.set_epoch(epoch)`` each epoch (also after a
-        # resume); pointing ``sampler`` at ourselves makes that call reach us.
-        return self
-
-    def _all_batches(self) -> list[list[int]]:
-        n = len(self.lengths)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.shuffle:
-            order = torch.randperm(n, generator=g).tolist()
-            pools = [order[i : i + self.pool] for i in range(0, n, self.pool)]
-        else:
-            pools = [list(range(n))]
-        batches = []
-        for pool in pools:
-            pool.sort(key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        while len(batches) % self.num_replicas:
-            biggest = max(range(len(batches)), key=lambda i: len(batches[i]))
-            b = batches.pop(biggest)
-            batches += [b[: len(b) // 2], b[len(b) // 2 :]]
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0
-        yield from self._all_batches()[self.rank :: self.num_replicas][skip:]
-
-    def __len__(self) -> int:
-        # Pool boundaries decide the count, so compute it the same way the iterator does (cheap: sorting ints).
-        return len(self._all_batches()) // self.num_replicas
+from tangshi.vocab import Vocab
 
 
 class ResumableLoader(DataLoader):
@@ -156,16 +57,13 @@ class PoemDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, data: dict[str, Any], data_dir: str | Path, seed: int = 0) -> PoemDataModule:
         """Build from the ``data`` config group (a plain dict)."""
-        data = dict(data)
-        loader = {k: data.pop(k) for k in ("batch_size", "eval_batch_size", "num_workers", "pin_memory") if k in data}
+        loader = {k: data[k] for k in LOADER_KEYS if k in data}
         for key in ("batch_size", "eval_batch_size"):
             if loader.get(key) is not None:
                 require_positive_int(f"data.{key}", loader[key])
         if not isinstance(loader.get("num_workers", 0), int) or loader.get("num_workers", 0) < 0:
             raise TangshiError(f"data.num_workers must be an integer >= 0, got {loader['num_workers']!r}")
-        forms = data.get("forms")
-        data["forms"] = tuple(forms) if forms else None
-        return cls(data_dir, CorpusConfig(**data), seed=seed, **loader)
+        return cls(data_dir, CorpusConfig.from_data(data), seed=seed, **loader)
 
     @property
     def vocab(self) -> Vocab:

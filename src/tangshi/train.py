@@ -18,15 +18,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
 from tangshi import checkpoint
+from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
 from tangshi.config import command_line_keys, cpu_has_amx, default_threads, plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
-from tangshi.diagnostics import position_losses
 from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
-from tangshi.poetics import detect_form
 
 log = logging.getLogger(__name__)
 CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
@@ -101,6 +100,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             stopped_by=stopping.stopped_by,
             precision=str(trainer.precision),
             startup_s=module.first_step_at - process_start if module.first_step_at else None,
+            train_started_at=module.first_step_at,  # wall clock: curves against time start here
             launch_s=entered - process_start,  # of startup_s: imports and Hydra's composition, before train()
             epochs=trainer.current_epoch,
             tokens_seen=module.tokens_seen,
@@ -125,13 +125,14 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if best and trainer.is_global_zero:
             loaded = checkpoint.load(best)
             summary["best_step"] = loaded.step
-            val = datamodule.prepared.splits["val"]  # type: ignore[union-attr]
-            if cfg.get("position_losses", True) and not any(detect_form(b) for b in val):
-                log.info("rhyme-position losses skipped: the validation split holds no regular verse")
-            elif cfg.get("position_losses", True):  # rhyme positions vs the rest, on the validation split
+            if cfg.get("position_losses", True):  # rhyme positions vs the rest, on the validation split
+                val = datamodule.prepared.splits["val"]  # type: ignore[union-attr]
                 positions = position_losses(loaded.model, loaded.vocab, val)
-                summary["positions"] = positions["classes"]
-                summary["loss_by_position"] = positions["by_position"]["loss"]
+                if positions["classes"] is None:
+                    log.info("rhyme-position losses skipped: the validation split holds no regular verse")
+                else:
+                    summary["positions"] = positions["classes"]
+                    summary["loss_by_position"] = positions["by_position"]["loss"]
             if cfg.get("final_samples", 0):
                 final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
                 summary["samples"] = sample(loaded.model, loaded.vocab, final)

@@ -1,13 +1,23 @@
-"""What runs and samples tell their user: the end-of-run summary, and poems as text or scored JSON."""
+"""Text for people: the end-of-run summary, poems as text or scored JSON, and the one Markdown table helper
+that every report (analysis, comparison, benchmark) uses."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tangshi.decoding import SamplingConfig
-from tangshi.poetics import phonology, score_poem
+if TYPE_CHECKING:
+    from tangshi.decoding import SamplingConfig
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table as lines: the first column (a name) left-aligned, the others (numbers) right-aligned."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * (len(columns) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def format_run_summary(summary: dict[str, Any]) -> str:
@@ -21,6 +31,8 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     if summary.get("params"):
         p = summary["params"]
         lines.append(f"params:   {p['total']:,} total, {p['core']:,} in the {summary['cell']} core")
+    if summary.get("stopped_by"):
+        lines.append(f"stopped:  by {summary['stopped_by']} at step {summary.get('steps')}")
     if summary.get("tokens_per_s"):
         lines.append(
             f"speed:    {summary['tokens_per_s']:,.0f} tokens/s over {summary['steps']} steps; "
@@ -40,6 +52,8 @@ def format_samples(poems: list[str], settings: SamplingConfig, fmt: str = "text"
     """Poems one per line, or JSON with the prompt, the settings and each poem's poetics scores."""
     if fmt == "text":
         return "\n".join(poems)
+    from tangshi.poetics import phonology, score_poem
+
     phon = phonology()
     return json.dumps(
         {

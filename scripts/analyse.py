@@ -1,0 +1,37 @@
+"""Analyse a checkpoint: test loss, rhyme positions, gradient flow, poetics.  python scripts/analyse.py ckpt=<.ckpt>
+
+Prints the report and writes analysis.md, analysis.json and PNG figures into <run dir>/analysis/.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TANGSHI_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra
+from omegaconf import DictConfig
+
+from tangshi import checkpoint
+from tangshi.analysis import analyse, to_markdown, write_report
+from tangshi.config import plain, quote_non_ascii
+from tangshi.errors import reported
+from tangshi.gradflow import read_history
+
+
+@hydra.main(config_path="../conf", config_name="analyse", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with reported():
+        loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
+        prepared = checkpoint.prepared_data(loaded, plain(cfg.data), cfg.paths.data_dir)
+        result = analyse(loaded, prepared, n=cfg.n, seed=cfg.seed, length=cfg.length, poems=cfg.poems)
+    run_dir = Path(cfg.ckpt).resolve().parent.parent
+    history = read_history(run_dir / "diagnostics" / "gradient_flow.json")
+    written = write_report(result, history, Path(cfg.out_dir or run_dir / "analysis"))
+    print(to_markdown(result, history).split("\n## ")[0])
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    sys.argv = quote_non_ascii(sys.argv)
+    main()
