@@ -1,12 +1,13 @@
-# make train   set up .venv, fetch and prepare the corpus, train the default LSTM, print poems
-# make test    the test suite (what CI runs); make test-slow adds the real-corpus tests
+# make train          set up .venv, fetch and prepare the corpus, train the default LSTM, print poems
+# make test           the test suite (what CI runs); test-slow and test-browser add the real corpus and the studio
+# make demo           the poem studio on http://127.0.0.1:7860 (the shipped models side by side)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv train sample bench test test-slow lint format clean
+.PHONY: venv train sample demo bench test test-slow test-browser gpu-study lint format clean
 
 venv: $(VENV)/.installed
 
@@ -16,22 +17,54 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+$(VENV)/.demo: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	touch $@
+
+$(VENV)/.browser: $(VENV)/.demo
+	$(PY) -m pip install --quiet -e '.[dev,browser]'
+	touch $@
+
 train: venv
 	$(PY) scripts/train.py $(ARGS)
 
-# make sample CKPT=outputs/train/runs/<run>/checkpoints/best.ckpt ARGS="begin=春 n=5"
+# make sample ARGS="begin=春 n=5"   (the shipped LSTM; ARGS="ckpt=<.ckpt> …" for your own)
 sample: venv
-	$(PY) scripts/sample.py ckpt=$(CKPT) $(ARGS)
+	$(PY) scripts/sample.py $(ARGS)
 
-# training, sampling and start-up speed and the options that trade it (~20 min on 2 cores) → outputs/bench/
+demo: $(VENV)/.demo
+	$(PY) scripts/studio.py $(ARGS)
+
+# training, sampling and start-up speed (~20 min on 2 cores) → outputs/bench/
 bench: venv
 	$(PY) scripts/bench.py $(ARGS)
 
 test: venv
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow and not browser" $(ARGS)
 
 test-slow: venv
 	$(PY) -m pytest -m slow $(ARGS)
+
+# The studio in headless Chromium: Debian's chromium (Playwright cannot download its own browser here) and a
+# CJK font for the screenshot; as root they are installed when missing.
+test-browser: $(VENV)/.browser
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; } \
+		|| { echo "make test-browser needs Chromium: apt-get install chromium fonts-wqy-microhei"; exit 1; }
+	STUDIO_SCREENSHOT=$(abspath outputs/readme/studio.png) $(PY) -m pytest -m browser $(ARGS)
+
+# One GPU (~8 min on an H100/H200): experiment=scaling with jobs sharing the card, its report, make bench on
+# the GPU, and a GPU-trained checkpoint analysed on the CPU. GPU_STUDY="…" overrides, e.g. for a tiny dry run.
+GPU_SWEEP ?= outputs/scaling/multiruns/gpu
+GPU_JOBS ?= 14
+GPU_STUDY ?= trainer=gpu
+gpu-study: venv
+	$(PY) scripts/train.py -m experiment=scaling $(GPU_STUDY) hydra/launcher=parallel hydra.launcher.n_jobs=$(GPU_JOBS) \
+		torch_threads=1 hydra.sweep.dir=$(GPU_SWEEP) $(ARGS)
+	$(PY) scripts/compare.py $(GPU_SWEEP)
+	$(PY) scripts/bench.py device=$(if $(findstring gpu,$(GPU_STUDY)),cuda,cpu) reps=2 startup_runs=1 \
+		hydra.run.dir=outputs/bench/runs/gpu $(BENCH_ARGS)
+	CUDA_VISIBLE_DEVICES= $(PY) scripts/analyse.py ckpt=$(GPU_SWEEP)/0_rnn_200000_seed0/checkpoints/best.ckpt \
+		device=cpu n=16 out_dir=$(GPU_SWEEP)/cpu_check $(ANALYSE_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

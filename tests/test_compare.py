@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tangshi.compare import Run, best_lr, group_runs, plot, summarise
 
-from .conftest import TINY, run_script
+from .conftest import ROOT, TINY, run_script
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,35 @@ def test_runs_of_different_sizes_are_never_averaged_together(tmp_path):
 def test_compare_with_no_runs_is_one_line(tmp_path):
     out = run_script("compare.py", str(tmp_path))
     assert out.returncode == 2 and out.stderr.strip() == f"error: no runs (folders with .hydra/) under {tmp_path}"
+
+
+def test_the_slurm_launcher_settings_run_through_submitits_local_executor(tmp_path):
+    """hydra/launcher=slurm needs a cluster; its settings (all but the GPU request, as there is none here) run
+    through the same plugin and submitit code path with submitit's local executor: jobs pickled, started as
+    processes, results collected."""
+    import yaml
+
+    slurm = yaml.safe_load((ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text(encoding="utf-8"))
+    resources = [f"hydra.launcher.{k}={v}" for k, v in slurm.items() if k not in ("defaults", "gpus_per_node")]
+    tiny = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    done = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *resources,
+        "hydra.launcher.cpus_per_task=1",
+        "model.cell=gru,rnn",
+        *tiny,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "final_samples=0",
+        "poetics_samples=0",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in ("0_gru_seed0", "1_rnn_seed0"):
+        assert (
+            json.loads((tmp_path / "sweep" / job / "metrics.json").read_text(encoding="utf-8"))["status"] == "completed"
+        )
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's own job folders

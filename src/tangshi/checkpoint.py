@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ class Loaded:
     hparams: dict[str, Any]
     path: Path
     step: int
+    info: dict[str, Any] = field(default_factory=dict)  # what an exported checkpoint says of its training
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -69,7 +70,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     except (KeyError, TypeError, VocabError, RuntimeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} does not hold a usable tangshi model: {reason}") from None
-    return Loaded(model.to(device).eval(), vocab, hparams, Path(path), int(ckpt.get("global_step", 0)))
+    info = ckpt[CHECKPOINT_KEY].get("training") or {}
+    return Loaded(model.to(device).eval(), vocab, hparams, Path(path), int(ckpt.get("global_step", 0)), info)
 
 
 def shipped_path(cell: str) -> Path:
@@ -83,10 +85,10 @@ def shipped_path(cell: str) -> Path:
     return path
 
 
-def export(source: str | Path, dest: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def export(source: str | Path, dest: str | Path, training: dict[str, Any] | None = None) -> Path:
     """A copy of the training checkpoint ``source`` holding what inference needs: the model's weights in half
-    precision (bfloat16 where float16 would overflow), its settings and vocabulary, the step, and ``extra``
-    (how it was trained). No optimizer state. Written atomically; loads with :func:`load`."""
+    precision (bfloat16 where float16 would overflow), its settings and vocabulary, the step, and ``training``
+    (how it was trained, as plain types). No optimizer state. Written atomically; loads with :func:`load`."""
     from tangshi.atomic import atomic_path
 
     ckpt = read_checkpoint(source)
@@ -103,7 +105,11 @@ def export(source: str | Path, dest: str | Path, extra: dict[str, Any] | None = 
         "hyper_parameters": {
             k: ckpt["hyper_parameters"][k] for k in ("model", "data") if k in ckpt["hyper_parameters"]
         },
-        CHECKPOINT_KEY: {"format": CHECKPOINT_FORMAT, "vocab": ckpt[CHECKPOINT_KEY]["vocab"], **(extra or {})},
+        CHECKPOINT_KEY: {
+            "format": CHECKPOINT_FORMAT,
+            "vocab": ckpt[CHECKPOINT_KEY]["vocab"],
+            "training": training or {},
+        },
         "global_step": int(ckpt.get("global_step", 0)),
     }
     with atomic_path(dest) as tmp:

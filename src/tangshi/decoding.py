@@ -189,6 +189,11 @@ class Constraints:
                 for cat in self.phon.categories(c):
                     size[cat] = size.get(cat, 0) + 1
             self.roomy = frozenset(cat for cat, k in size.items() if k >= rhymes)
+            if cfg.rhyme and not self.roomy:
+                raise TangshiError(
+                    f"no 平水韵 level-tone category has {rhymes} characters in the model's vocabulary, so it cannot "
+                    f"rhyme a {cfg.form}"
+                )
             self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c) & self.roomy))  # type: ignore[union-attr]
             self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
         self.device = device

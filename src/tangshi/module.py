@@ -38,14 +38,20 @@ def check_optim(optim: dict[str, Any]) -> None:
         raise TangshiError(f"optim.lr must be a positive number, got {lr!r}")
 
 
-def resolve_lr(optim: dict[str, Any], cell: str) -> dict[str, Any]:
-    """The optimiser settings with ``lr`` taken from ``lr_by_cell[cell]`` when that mapping is set."""
+def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None) -> dict[str, Any]:
+    """The optimiser settings with ``lr`` taken from ``lr_by_cell[cell]`` when that mapping is set, and scaled
+    by ``(lr_reference_budget / param_budget) ** lr_by_size_exponent`` when those are set (experiment=scaling:
+    rates tuned at one core size, carried to others by a rule)."""
     optim = dict(optim)
     by_cell = optim.pop("lr_by_cell", None)
+    exponent = optim.pop("lr_by_size_exponent", None)
+    reference = optim.pop("lr_reference_budget", None)
     if by_cell:
         if cell not in by_cell:
             raise TangshiError(f"optim.lr_by_cell has no rate for cell {cell!r}; it has: {', '.join(by_cell)}")
         optim["lr"] = by_cell[cell]
+    if exponent and reference and param_budget:
+        optim["lr"] = float(optim["lr"]) * (float(reference) / float(param_budget)) ** float(exponent)
     check_optim(optim)
     return optim
 

@@ -178,13 +178,15 @@ def rhymes(body: str, phon: Phonology | None = None) -> bool:
 TONE_RULES = ("alternation", "opposition", "adhesion", "level_rhyme", "no_three_level_tail", "no_lone_level")
 
 
-def tone_rules(body: str, phon: Phonology | None = None) -> dict[str, bool] | None:
-    """Which 平仄 rules of regular verse ``body`` keeps, or None when it is not in a regular form.
+def tone_faults(body: str, phon: Phonology | None = None) -> dict[str, list[tuple[int, int]]] | None:
+    """Where ``body`` breaks each 平仄 rule of regular verse: per rule, the (line, character) positions at fault
+    (0-based); None when it is not in a regular form. A rule is kept when its list is empty.
 
     alternation 二四六分明 (key positions alternate within a line), opposition 对 (a couplet's lines differ at
     the key positions), adhesion 粘 (a couplet's first line matches the previous line at position 2),
     level_rhyme (even lines end on 平), no_three_level_tail (no 三平尾), no_lone_level (no 孤平: a line ending
     on 平 has another 平 besides the rhyme and the lone one). Characters read in either tone satisfy any rule.
+    The character marked is the one that breaks the pattern the earlier ones set.
     """
     form = detect_form(body)
     if form is None:
@@ -194,35 +196,40 @@ def tone_rules(body: str, phon: Phonology | None = None) -> dict[str, bool] | No
     keys = key_positions(FORMS[form].chars_per_line)
     tone = [[_fixed_tone(phon, c) for c in line] for line in lines]
 
-    def differ(a: str | None, b: str | None) -> bool:  # None (either tone, or unknown) fits any rule
-        return a is None or b is None or a != b
+    def clash(a: str | None, b: str | None) -> bool:  # both fixed and equal; None (either tone, unknown) fits
+        return a is not None and a == b
 
-    def agree(a: str | None, b: str | None) -> bool:
-        return a is None or b is None or a == b
-
-    alternation = all(differ(t[a], t[b]) for t in tone for a, b in itertools.pairwise(keys))
-    opposition = all(differ(tone[i][k], tone[i + 1][k]) for i in range(0, len(lines), 2) for k in keys)
-    adhesion = all(agree(tone[i][1], tone[i - 1][1]) for i in range(2, len(lines), 2))
-    level_rhyme = all(t[-1] != ZE for t in tone[1::2])
-    no_three = all(not all(x == PING for x in t[-3:]) for t in tone)
-    # 孤平: in a 平-ending line, no 平 besides the rhyme, or only one that is not next to the rhyme
-    # (仄仄仄平平 is a regular pattern; 仄平仄仄平 is the fault). A 七言 line is judged by its last five
-    # characters, the 五言 line it extends (王力《汉语诗律学》: 七言平起仄收 … 孤平 counts from the third
-    # character), so 平仄仄平仄仄平 is 孤平 although it has two level tones besides the rhyme.
-    lone = []
-    for t in tone:
-        tail = t[-5:]
+    faults: dict[str, list[tuple[int, int]]] = {rule: [] for rule in TONE_RULES}
+    for i, t in enumerate(tone):
+        faults["alternation"] += [(i, b) for a, b in itertools.pairwise(keys) if clash(t[a], t[b])]
+        if i % 2 == 1:
+            faults["opposition"] += [(i, k) for k in keys if clash(tone[i - 1][k], t[k])]
+            if t[-1] == ZE:
+                faults["level_rhyme"].append((i, len(t) - 1))
+        elif i >= 2 and t[1] is not None and tone[i - 1][1] is not None and t[1] != tone[i - 1][1]:
+            faults["adhesion"].append((i, 1))
+        if all(x == PING for x in t[-3:]):
+            faults["no_three_level_tail"] += [(i, len(t) - 3), (i, len(t) - 2), (i, len(t) - 1)]
+        # 孤平: in a 平-ending line, no 平 besides the rhyme, or only one that is not next to the rhyme
+        # (仄仄仄平平 is a regular pattern; 仄平仄仄平 is the fault). A 七言 line is judged by its last five
+        # characters, the 五言 line it extends (王力《汉语诗律学》: 七言平起仄收 … 孤平 counts from the third
+        # character), so 平仄仄平仄仄平 is 孤平 although it has two level tones besides the rhyme.
+        start = len(t) - 5
+        tail = t[start:]
         if tail[-1] == PING:
-            level = [i for i, x in enumerate(tail[:-1]) if x != ZE]
-            lone.append(not level or (len(level) == 1 and level[0] != len(tail) - 2))
-    return {
-        "alternation": alternation,
-        "opposition": opposition,
-        "adhesion": adhesion,
-        "level_rhyme": level_rhyme,
-        "no_three_level_tail": no_three,
-        "no_lone_level": not any(lone),
-    }
+            level = [j for j, x in enumerate(tail[:-1]) if x != ZE]
+            if not level:
+                faults["no_lone_level"].append((i, len(t) - 1))
+            elif len(level) == 1 and level[0] != len(tail) - 2:
+                faults["no_lone_level"].append((i, start + level[0]))
+    return faults
+
+
+def tone_rules(body: str, phon: Phonology | None = None) -> dict[str, bool] | None:
+    """Which 平仄 rules of regular verse ``body`` keeps (:func:`tone_faults`), or None when it is not in a
+    regular form."""
+    faults = tone_faults(body, phon)
+    return None if faults is None else {rule: not at for rule, at in faults.items()}
 
 
 def ngrams(text: str, n: int) -> list[str]:

@@ -50,7 +50,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
     model_cfg = resolve_budget(plain(cfg.model))
-    optim = resolve_lr(plain(cfg.optim), model_cfg["cell"])
+    optim = resolve_lr(plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
     torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES)))
