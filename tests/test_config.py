@@ -50,3 +50,23 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o755
     assert (tmp_path / "metrics.json").read_text() == "{}" and not list(tmp_path.glob(".*tmp"))
+
+
+def test_one_set_of_sampling_defaults():
+    """conf/sampling/default.yaml (the command line, training's samples) and SamplingConfig (library calls)
+    hold the same defaults, so a poem sampled one way is the poem sampled the other."""
+    import dataclasses
+
+    import yaml
+
+    from tangshi.decoding import SamplingConfig
+
+    yaml_defaults = yaml.safe_load((ROOT / "conf" / "sampling" / "default.yaml").read_text(encoding="utf-8"))
+    fields = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
+    assert yaml_defaults == fields
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        train, sample = compose("train"), compose("sample")
+    assert train.samples.top_p == sample.top_p == SamplingConfig().top_p  # once 0.95 against 1.0
+    assert train.samples.n == 4 and sample.n == SamplingConfig().n

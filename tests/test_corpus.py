@@ -194,3 +194,28 @@ def test_real_corpus_preparation(tmp_path):
     assert abs(len(p.splits["val"]) / counts["length"] - 0.05) < 0.005
     # the Tang text of 静夜思, not the later 明月 version most readers learned
     assert "床前看月光，疑是地上霜。举头望山月，低头思故乡。" in p.splits["train"] + p.splits["val"] + p.splits["test"]
+
+
+def test_near_duplicates_share_a_split(prepared):
+    """重出 poems and variant readings: a poem that shares a whole line with another, or differs from it by one
+    character, lands in that poem's split. Splitting by each text's own hash would part most of these pairs."""
+    from tangshi.corpus import grouped_splits, split_of
+
+    originals = [b for b in prepared.splits["train"] if len(b) >= 20][:120]
+    variants = []
+    for i, body in enumerate(originals):
+        if i % 2:  # one character changed: a variant reading
+            j = len(body) // 2 if body[len(body) // 2] not in "，。" else len(body) // 2 + 1
+            variants.append(body[:j] + "龘" + body[j + 1 :])
+        else:  # another poem borrowing this one's first line
+            line = body.split("，")[0]
+            variants.append(f"{line}，秋风入客衣。江天一色远，独坐待春归。")
+    bodies = originals + variants
+    splits, moved = grouped_splits(bodies, 0.2, 0.2)
+    n = len(originals)
+    assert all(splits[i] == splits[n + i] for i in range(n))
+    apart = sum(split_of(a, 0.2, 0.2) != split_of(b, 0.2, 0.2) for a, b in zip(originals, variants, strict=True))
+    assert apart > n // 3 and moved >= apart // 2  # without grouping, pairs would straddle the splits
+    # unrelated poems keep their own hash's split
+    alone, _ = grouped_splits(originals, 0.2, 0.2)
+    assert sum(s == split_of(b, 0.2, 0.2) for s, b in zip(alone, originals, strict=True)) >= 0.95 * n

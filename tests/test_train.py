@@ -159,7 +159,14 @@ def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
         ["experiment=compare_cells"],
         ["experiment=compare_cells_quick"],
         ["experiment=lr_search"],
+        ["experiment=compare_cells_extended"],
+        ["experiment=converge"],
+        ["experiment=scaling"],
+        ["hparams_search=lstm_optuna"],
+        ["hparams_search=gru_optuna"],
+        ["hparams_search=rnn_optuna"],
         ["model.cell=gru", "model.head=full", "model.tie_weights=true"],
+        ["model.cell=transformer", "model.positions=rotary"],
     ],
 )
 def test_every_config_group_composes(overrides):
@@ -171,9 +178,17 @@ def test_every_config_group_composes(overrides):
         assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
         sample_cfg = compose("sample", overrides=["ckpt=x.ckpt"])
         assert sample_cfg.ckpt == "x.ckpt"
-    if overrides[0].startswith("experiment=compare") or overrides[0] == "experiment=lr_search":
+        for name in ("analyse", "studio", "ship", "bench"):
+            compose(name, overrides=["+run=x"] if name == "ship" else [])
+    if overrides[0].startswith(("experiment=compare", "experiment=lr_search", "experiment=scaling")):
         assert cfg.model.param_budget in (200000, 700000) and cfg.trainer.max_time is None
         assert "model.cell" in cfg.hydra.sweeper.params
+    if overrides[0] in ("experiment=converge", "experiment=scaling"):
+        assert cfg.callbacks.early_stopping.monitor == "val/loss" and cfg.trainer.max_steps == -1
+        assert cfg.trainer.max_epochs > 0 and cfg.trainer.max_time is None
+    if overrides[0].startswith("hparams_search="):
+        assert cfg.hydra.sweeper.storage.endswith("/optuna.db") and cfg.hydra.sweeper.n_trials >= 12
+        assert cfg.optim.lr_by_cell is None and cfg.trainer.max_time is None
     if overrides in (["data=regular"], ["experiment=quick"], ["experiment=compare_cells_quick"]):
         assert list(cfg.data.forms) == ["wuyan_jueju", "qiyan_jueju", "wuyan_lvshi", "qiyan_lvshi"]
         assert cfg.data.batch_size == 64  # inherited from data/tang
@@ -251,12 +266,32 @@ def test_cpu_precision_follows_the_hardware(compose_train):
 def test_ddp_cpu_trains_two_processes_into_one_run_dir(tmp_path):
     """trainer=ddp_cpu: two gloo processes (Lightning relaunches the Hydra script), one run dir, rank 0 writes."""
     overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
-    proc = run_script("train.py", "trainer=ddp_cpu", *overrides, "trainer.max_steps=10", f"paths.root_dir={tmp_path}")
+    proc = run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        *overrides,
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "trainer.precision=32-true",  # float32 on both sides of the comparison below
+        f"paths.root_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["status"] == "completed" and metrics["steps"] == 10
     assert (run / "train_ddp_process_1.log").exists()  # the second rank ran, in the same run dir
+    # Each rank scored half the validation and test poems; the losses reduced across ranks must be the
+    # single-process token-weighted losses of the same weights on the same poems.
+    from tangshi.analysis import split_loss
+
+    loaded = checkpoint.load(metrics["best_checkpoint"])
+    prepared = checkpoint.prepared_data(loaded, None, tmp_path / "data")
+    assert metrics["best_val_loss"] == pytest.approx(
+        split_loss(loaded.model, loaded.vocab, prepared.splits["val"])["loss"], rel=1e-5
+    )
+    assert metrics["test_loss"] == pytest.approx(
+        split_loss(loaded.model, loaded.vocab, prepared.splits["test"])["loss"], rel=1e-5
+    )
 
 
 def test_divergence_stops_the_run_and_marks_it_failed(compose_train):

@@ -16,44 +16,43 @@ from hydra.core.config_store import ConfigStore
 
 log = logging.getLogger(__name__)
 
-try:
-    import optuna
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+try:  # light imports only: Hydra imports every plugin module at start-up, even to sample a poem
     from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # the optuna extra is not installed: this sweeper is simply not offered
     OptunaSweeper = None  # type: ignore[assignment,misc]
 
 
-if OptunaSweeper is not None:
+def _resume(sweeper: Any, arguments: list[str]) -> None:
+    """Before the stock sweep: fail the trials a killed search left running, shrink ``n_trials`` to the trials
+    still missing, and number new jobs after the old ones."""
+    import optuna
 
-    class _ResumableImpl(OptunaSweeperImpl):
-        def sweep(self, arguments: list[str]) -> None:
-            if self.storage and str(self.storage).startswith("sqlite:///"):
-                Path(str(self.storage)[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-            if self.storage:
-                try:
-                    study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-                except KeyError:  # no such study yet: a new search
-                    study = None
-                if study is not None:
-                    states = optuna.trial.TrialState
-                    for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-                        study._storage.set_trial_state(trial._trial_id, states.FAIL)
-                    done = len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
-                    log.info("resuming study %s: %d of %d trials done", self.study_name, done, self.n_trials)
-                    self.n_trials = max(0, self.n_trials - done)
-                    self.job_idx = len(study.trials)  # new jobs get new directories
-                    if self.n_trials == 0:
-                        log.info("nothing left to run")
-            super().sweep(arguments)
+    if sweeper.storage and str(sweeper.storage).startswith("sqlite:///"):
+        Path(str(sweeper.storage)[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if not sweeper.storage:
+        return
+    try:
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+    except KeyError:  # no such study yet: a new search
+        return
+    states = optuna.trial.TrialState
+    for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        study._storage.set_trial_state(trial._trial_id, states.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+    log.info("resuming study %s: %d of %d trials done", sweeper.study_name, done, sweeper.n_trials)
+    sweeper.n_trials = max(0, sweeper.n_trials - done)
+    sweeper.job_idx = len(study.trials)  # new jobs get new directories
+
+
+if OptunaSweeper is not None:
 
     class ResumableOptunaSweeper(OptunaSweeper):
         """:class:`OptunaSweeper` whose study resumes where a killed search stopped."""
 
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.sweeper.__class__ = _ResumableImpl
+        def sweep(self, arguments: list[str]) -> None:
+            _resume(self.sweeper, arguments)
+            return super().sweep(arguments)
 
     @dataclass
     class ResumableOptunaSweeperConf(OptunaSweeperConf):
