@@ -20,6 +20,7 @@ FIXTURE = ROOT / "tests" / "data" / "quantangshi"
 
 # Small enough for a 2-core CI machine, big enough that a few dozen steps visibly lower the loss.
 TINY = [
+    "tuned=null",  # the cells' default-size recipes would override the tiny settings below
     "data.source=chinese_poetry",
     f"data.path={FIXTURE}",
     "data.min_freq=1",
