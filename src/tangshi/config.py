@@ -84,7 +84,8 @@ def parallel_jobs() -> int:
     return n if n > 0 else os.cpu_count() or 1  # joblib's -1: one job per core
 
 
-def default_threads(cores: int) -> int:
-    """Torch threads for one job: ``cores`` (torch's own default, taken before any change) shared among the
-    jobs running at once; oversubscribed cores make every job several times slower than an idle core would."""
-    return max(1, cores // parallel_jobs())
+def default_threads(cores: int, processes: int = 1) -> int:
+    """Torch threads for one process: ``cores`` (torch's own default, taken before any change) shared among the
+    jobs running at once and the ``processes`` of each (CPU data parallelism); oversubscribed cores make every
+    job several times slower than an idle core would."""
+    return max(1, cores // parallel_jobs() // max(1, processes))

@@ -250,20 +250,13 @@ def _float32(t: Tensor) -> torch.autocast:
     return torch.autocast(t.device.type, enabled=False)
 
 
-def core_params(
-    cell: str,
-    input_size: int,
-    hidden_size: int,
-    num_layers: int,
-    heads: int = 4,
-    positions: str = "learned",
-    mlp_width: int | None = None,
-) -> int:
-    """Parameters of a ``cell`` core of ``num_layers`` layers of ``hidden_size`` over ``input_size`` inputs."""
+def core_params(cell: str, input_size: int, hidden_size: int, num_layers: int, **settings: Any) -> int:
+    """Parameters of a ``cell`` core of ``num_layers`` layers of ``hidden_size`` over ``input_size`` inputs
+    (``settings``: the transformer's ``heads``, ``positions`` and ``mlp_width``; other cells ignore them)."""
     if cell not in CORES:
         raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CORES)}")
     return CORES[cell].count_params(  # type: ignore[attr-defined]
-        input_size, hidden_size, num_layers, **_core_kwargs(cell, heads, positions, mlp_width)
+        input_size, hidden_size, num_layers, **(settings if cell == "transformer" else {})
     )
 
 
@@ -287,7 +280,7 @@ def settings_for_budget(
     unit = (heads * (2 if positions == "rotary" else 1)) if cell == "transformer" else 1
 
     def params(units: int, mlp: int | None = None) -> int:
-        return core_params(cell, input_size, units * unit, num_layers, heads, positions, mlp)
+        return core_params(cell, input_size, units * unit, num_layers, heads=heads, positions=positions, mlp_width=mlp)
 
     lo, hi = 1, 1
     while params(hi) < budget:  # parameters grow with the hidden size: bracket, then bisect

@@ -53,7 +53,9 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     optim = resolve_lr(plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
-    torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES)))
+    devices = cfg.trainer.get("devices")
+    processes = devices if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
+    torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES, processes)))
 
     stopping = StoppingRule(parse_duration(time_limit(cfg)))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
