@@ -44,6 +44,8 @@ def test_the_import_graph_has_no_cycles():
 
 def test_inference_modules_import_no_lightning():
     for module in INFERENCE:
-        code = f"import sys, {module}; assert 'lightning' not in sys.modules, [m for m in sys.modules if 'lightning' in m]"
+        code = (
+            f"import sys, {module}; assert 'lightning' not in sys.modules, [m for m in sys.modules if 'lightning' in m]"
+        )
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert done.returncode == 0, (module, done.stderr[-1500:])
