@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> None:
         )
         passed_on = [o for o in HydraConfig.get().overrides.task if o.startswith(("data", "model"))]
         ckpt = cfg.ckpt
-        if ckpt is None and (checkpoint.SHIPPED / f"{settings.cells[0]}.ckpt").exists():
+        if ckpt is None and settings.cells[0] in checkpoint.shipped_models():
             ckpt = checkpoint.shipped_path(settings.cells[0])
         trained = checkpoint.load(ckpt, device=cfg.device) if ckpt else None
         sample_command = ["scripts/sample.py", "n=5", *([f"ckpt={ckpt}"] if cfg.ckpt else [])] if ckpt else None

@@ -2,13 +2,17 @@
 
 Loading keeps torch's ``weights_only=True``: tangshi stores its settings and vocabulary as plain types, so
 a checkpoint cannot run code when opened. The models shipped with the project (``src/tangshi/shipped/``) are
-checkpoints of the same layout with half-precision weights (:func:`export`).
+checkpoints of the same layout with half-precision weights, gzip-compressed (:func:`export`): three cells in
+under 15 MB, and gzip decompresses a shipped model in well under 0.1 s where xz takes 0.4 s.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +29,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT_KEY = "tangshi"  # where the vocabulary lives inside a Lightning checkpoint
 CHECKPOINT_FORMAT = 1
-SHIPPED = Path(__file__).resolve().parent / "shipped"  # one <cell>.ckpt per cell, and manifest.json
+SHIPPED = Path(__file__).resolve().parent / "shipped"  # one <cell>.ckpt.gz per cell
+SHIPPED_SUFFIX = ".ckpt.gz"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class CheckpointError(TangshiError):
@@ -43,13 +49,17 @@ class Loaded:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dictionary on CPU, or one clear error naming the file and what is wrong with it."""
+    """The checkpoint dictionary on CPU (plain or gzip-compressed, as shipped), or one clear error naming the
+    file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        with path.open("rb") as f:
+            compressed = f.read(2) == GZIP_MAGIC
+        source = io.BytesIO(gzip.decompress(path.read_bytes())) if compressed else path
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, zlib.error) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a PyTorch file: {reason}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
@@ -76,19 +86,25 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
 
 def shipped_path(cell: str) -> Path:
     """The checkpoint shipped with the project for ``cell``, or one clear error listing the shipped cells."""
-    path = SHIPPED / f"{cell}.ckpt"
+    path = SHIPPED / f"{cell}{SHIPPED_SUFFIX}"
     if not path.is_file():
-        have = sorted(p.stem for p in SHIPPED.glob("*.ckpt"))
+        have = sorted(shipped_models())
         raise CheckpointError(
             f"no shipped model for cell {cell!r}; shipped: {', '.join(have) or 'none'} (or pass ckpt=<.ckpt>)"
         )
     return path
 
 
+def shipped_models() -> dict[str, Path]:
+    """The shipped checkpoints by cell."""
+    return {p.name.removesuffix(SHIPPED_SUFFIX): p for p in sorted(SHIPPED.glob(f"*{SHIPPED_SUFFIX}"))}
+
+
 def export(source: str | Path, dest: str | Path, training: dict[str, Any] | None = None) -> Path:
     """A copy of the training checkpoint ``source`` holding what inference needs: the model's weights in half
     precision (bfloat16 where float16 would overflow), its settings and vocabulary, the step, and ``training``
-    (how it was trained, as plain types). No optimizer state. Written atomically; loads with :func:`load`."""
+    (how it was trained, as plain types). No optimizer state. gzip-compressed when ``dest`` ends in ``.gz``.
+    Written atomically; loads with :func:`load`."""
     from tangshi.atomic import atomic_path
 
     ckpt = read_checkpoint(source)
@@ -112,8 +128,13 @@ def export(source: str | Path, dest: str | Path, training: dict[str, Any] | None
         },
         "global_step": int(ckpt.get("global_step", 0)),
     }
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    data = buffer.getvalue()
+    if str(dest).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)  # mtime 0: the same weights give the same bytes
     with atomic_path(dest) as tmp:
-        torch.save(slim, tmp)
+        Path(tmp).write_bytes(data)
     return Path(dest)
 
 

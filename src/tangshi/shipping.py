@@ -1,4 +1,4 @@
-"""The models shipped with the project: a run's best checkpoint, slimmed to half precision, with how it was
+"""The models shipped with the project: a run's best checkpoint, slimmed to half precision and gzip-compressed, with how it was
 trained and its test bits/char as measured after the slimming (what ``src/tangshi/shipped/`` holds)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tangshi.errors import TangshiError
 
 
 def ship(run_dir: Path, out_dir: Path, data_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Export ``run_dir``'s best checkpoint to ``out_dir/<cell>.ckpt``; returns its path and training record."""
+    """Export ``run_dir``'s best checkpoint to ``out_dir/<cell>.ckpt.gz``; returns its path and training record."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise TangshiError(f"{run_dir} is not a run dir (no metrics.json)")
@@ -37,7 +37,7 @@ def ship(run_dir: Path, out_dir: Path, data_dir: Path) -> tuple[Path, dict[str, 
         "params": metrics.get("params"),
         "date": datetime.date.today().isoformat(),
     }
-    dest = out_dir / f"{metrics['cell']}.ckpt"
+    dest = out_dir / f"{metrics['cell']}{checkpoint.SHIPPED_SUFFIX}"
     checkpoint.export(metrics["best_checkpoint"], dest, training)
     loaded = checkpoint.load(dest)
     prepared = checkpoint.prepared_data(loaded, None, data_dir)

@@ -82,7 +82,7 @@ class Models:
 
 def model_choices(ckpts: list[str] | None = None, sweep: str | None = None) -> dict[str, Path]:
     """The shipped models, then the given checkpoints, then every run of ``sweep`` with a best checkpoint."""
-    choices = {f"shipped {p.stem}": p for p in sorted(checkpoint.SHIPPED.glob("*.ckpt"))}
+    choices = {f"shipped {cell}": p for cell, p in checkpoint.shipped_models().items()}
     for c in ckpts or []:
         path = Path(c)
         choices[f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else str(c)] = path
