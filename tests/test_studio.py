@@ -66,8 +66,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio(tiny_checkpoint, tmp_path_factory):
-    """The studio as `make demo` starts it, on a free loopback port, with the shipped models and a model
-    trained here (an RNN beside the session's tiny GRU); yields its address and the test's checkpoints."""
+    """The studio as `make demo` starts it, on a free loopback port, with the shipped models and models trained
+    here (an RNN and an LSTM beside the session's tiny GRU); yields its address and the columns picked."""
     pytest.importorskip("gradio")
     root = tmp_path_factory.mktemp("studio")
     tiny = [o for o in TINY if not o.startswith("trainer.max_steps")]
@@ -79,8 +79,9 @@ def studio(tiny_checkpoint, tmp_path_factory):
         assert done.returncode == 0, done.stderr[-2000:]
         trained.append(str(root / cell / "checkpoints" / "best.ckpt"))
     ckpts = [*trained, str(tiny_checkpoint)]
-    # the shipped LSTM, when there is one, beside the models trained here
-    picks = (["shipped lstm"] if (checkpoint.SHIPPED / "lstm.ckpt").exists() else []) + ckpts
+    # the columns: the shipped models (what `make demo` shows, and the README's screenshot), then those trained
+    # here; every one of them is a choice in the page
+    picks = [f"shipped {cell}" for cell in checkpoint.shipped_models()] + ckpts
     picks = picks[:3]
     port = _free_port()
     proc = subprocess.Popen(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CharLM, build_model
+from tangshi.model import CORES, CharLM, build_model
 from tangshi.vocab import Vocab, VocabError
 
 if TYPE_CHECKING:
@@ -96,8 +96,10 @@ def shipped_path(cell: str) -> Path:
 
 
 def shipped_models() -> dict[str, Path]:
-    """The shipped checkpoints by cell."""
-    return {p.name.removesuffix(SHIPPED_SUFFIX): p for p in sorted(SHIPPED.glob(f"*{SHIPPED_SUFFIX}"))}
+    """The shipped checkpoints by cell, in the order of ``model.CORES`` (rnn, lstm, gru, …)."""
+    found = {p.name.removesuffix(SHIPPED_SUFFIX): p for p in SHIPPED.glob(f"*{SHIPPED_SUFFIX}")}
+    order = list(CORES)
+    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def export(source: str | Path, dest: str | Path, training: dict[str, Any] | None = None) -> Path:

@@ -1,5 +1,6 @@
-"""The models shipped with the project: a run's best checkpoint, slimmed to half precision and gzip-compressed, with how it was
-trained and its test bits/char as measured after the slimming (what ``src/tangshi/shipped/`` holds)."""
+"""The models shipped with the project: a run's best checkpoint, slimmed to half precision and gzip-compressed,
+with how it was trained and its test bits/char as measured after the slimming (what ``src/tangshi/shipped/``
+holds)."""
 
 from __future__ import annotations
 
