@@ -2,6 +2,7 @@
 then scripts/compare.py on it."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,12 @@ def test_the_slurm_launcher_settings_run_through_submitits_local_executor(tmp_pa
             json.loads((tmp_path / "sweep" / job / "metrics.json").read_text(encoding="utf-8"))["status"] == "completed"
         )
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's own job folders
+
+
+def test_mean_and_deviation_survive_a_run_without_a_finite_value():
+    from tangshi.compare import mean_std
+
+    assert mean_std([7.0, 7.2]) == pytest.approx((7.1, 0.2 / math.sqrt(2)))
+    mean, std = mean_std([7.0, math.inf])  # a diverged seed: the group's mean says so; no deviation
+    assert mean == math.inf and math.isnan(std)
+    assert all(math.isnan(v) for v in mean_std([]))

@@ -138,10 +138,13 @@ def read_curve(run_dir: Path, started_at: float | None) -> list[tuple[int, float
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation; the deviation of a single run is unknown (NaN), not 0."""
+    """Mean and sample standard deviation; the deviation of a single run is unknown (NaN), not 0, and so is the
+    deviation of values of which one is not finite (a run that diverged, or had no validation yet)."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return statistics.fmean(values), math.nan
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def welch_p(a: list[float], b: list[float]) -> float:
