@@ -76,7 +76,12 @@ def test_scores_and_set_metrics():
         "tone_rules": tone_rules(CHUN_WANG),
         "tone_ok": True,
         "repeated_line": False,
+        "repeated_chars": 0.0,
+        "doubled_char": False,
     }
+    # 离离 doubles a character; 离 and 一 each come back once: 2 of 20 characters repeat an earlier one
+    grass = score_poem("离离原上草，一岁一枯荣。野火烧不尽，春风吹又生。")
+    assert grass["repeated_chars"] == 0.1 and grass["doubled_char"]
     repeated = "白日依山尽，白日依山尽。白日依山尽，白日依山尽。"
     m = poetics_metrics([DENG_GUAN_QUE, repeated, "不是诗"], train_lines={"白日依山尽"}, train_bodies={DENG_GUAN_QUE})
     assert m["well_formed"] == pytest.approx(2 / 3)

@@ -237,17 +237,21 @@ def ngrams(text: str, n: int) -> list[str]:
 
 
 def score_poem(body: str, phon: Phonology | None = None) -> dict[str, object]:
-    """Per-poem scores: form, rhyme, 平仄 rules kept, and repeated lines."""
+    """Per-poem scores: form, rhyme, 平仄 rules kept, repeated lines, the share of characters that repeat an
+    earlier one (what ``repetition_penalty`` lowers), and whether a line doubles a character (叠字 such as 萋萋)."""
     phon = phon or phonology()
     form = detect_form(body)
     lines = [t for t, _ in split_lines(body)]
     rules = tone_rules(body, phon)
+    chars = "".join(lines)
     return {
         "form": form,
         "rhymes": rhymes(body, phon) if form else False,
         "tone_rules": rules,
         "tone_ok": bool(rules) and all(rules.values()),
         "repeated_line": len(set(lines)) < len(lines),
+        "repeated_chars": round(1 - len(set(chars)) / len(chars), 4) if chars else 0.0,
+        "doubled_char": any(a == b for line in lines for a, b in itertools.pairwise(line)),
     }
 
 
