@@ -88,7 +88,7 @@ def shipped_path(cell: str) -> Path:
     """The checkpoint shipped with the project for ``cell``, or one clear error listing the shipped cells."""
     path = SHIPPED / f"{cell}{SHIPPED_SUFFIX}"
     if not path.is_file():
-        have = sorted(shipped_models())
+        have = list(shipped_models())
         raise CheckpointError(
             f"no shipped model for cell {cell!r}; shipped: {', '.join(have) or 'none'} (or pass ckpt=<.ckpt>)"
         )
