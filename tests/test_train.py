@@ -183,6 +183,9 @@ def test_every_config_group_composes(overrides):
     if overrides[0].startswith(("experiment=compare", "experiment=lr_search", "experiment=scaling")):
         assert cfg.model.param_budget in (200000, 700000) and cfg.trainer.max_time is None
         assert "model.cell" in cfg.hydra.sweeper.params
+    if overrides[0] in ("experiment=compare_cells_quick", "experiment=compare_cells_extended"):
+        swept = str(cfg.hydra.sweeper.params["model.cell"]).split(",")
+        assert sorted(cfg.optim.lr_by_cell) == sorted(swept)  # a rate for every cell the sweep runs
     if overrides[0] in ("experiment=converge", "experiment=scaling"):
         assert cfg.callbacks.early_stopping.monitor == "val/loss" and cfg.trainer.max_steps == -1
         assert cfg.trainer.max_epochs > 0 and cfg.trainer.max_time is None
