@@ -384,16 +384,21 @@ def ngram_floor(runs: list[Run], data_dir: Path, order: int = 5) -> dict[str, An
     from tangshi.corpus import CorpusConfig, prepare
     from tangshi.ngram import baseline
 
-    out = {}
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
     for r in runs:
         if r.status != "completed":
             continue
         data = {k[len("data.") :]: v for k, v in r.config.items() if k.startswith("data.")}
         key = json.dumps(data, sort_keys=True, default=str)
-        if key in out or not data:
+        if key in seen or not data:
             continue
+        seen.add(key)
         data = {k: v for k, v in data.items() if not (isinstance(v, str) and "${" in v)}
         prepared = prepare(CorpusConfig.from_data(data), data_dir)
+        key = prepared.path.name  # settings that differ only in batching (or its spelling) share one corpus
+        if key in out:
+            continue
         cache = prepared.path / f"kn{order}.json"
         if cache.exists():
             result = json.loads(cache.read_text(encoding="utf-8"))
