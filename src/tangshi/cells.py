@@ -11,7 +11,9 @@ step for decoding (``step``), reorders a batch of states (``select``), and expos
 * ``mingru``, ``minlstm``: Feng et al. 2024, "Were RNNs All We Needed?". The gates read x_t only, never
   h_{t-1}, so the recurrence h_t = a_t ⊙ h_{t-1} + b_t is linear in h and a whole sequence is one parallel scan
   (their log-space version, Appendix B.3: h̃ = g(·) keeps every state positive). Decoding uses the sequential
-  form of the same equations.
+  form of the same equations. No maintained scan package fits: accelerated-scan and fpscan are CUDA/Triton
+  kernels (accelerated-scan also wants power-of-two lengths of 32 or more), and Heinsen's log-space scan is
+  four lines of PyTorch that run on any device (:func:`scan_log`).
 """
 
 from __future__ import annotations
