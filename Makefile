@@ -11,17 +11,20 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.demo: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+# the studio needs the package and Gradio, not the test and search tools: a first `make demo` is quicker alone
+$(VENV)/.demo: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[demo]'
 	touch $@
 
-$(VENV)/.browser: $(VENV)/.demo
+$(VENV)/.browser: $(VENV)/.installed $(VENV)/.demo
 	$(PY) -m pip install --quiet -e '.[dev,browser]'
 	touch $@
 
