@@ -86,20 +86,18 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
 
 def shipped_path(cell: str) -> Path:
     """The checkpoint shipped with the project for ``cell``, or one clear error listing the shipped cells."""
-    path = SHIPPED / f"{cell}{SHIPPED_SUFFIX}"
-    if not path.is_file():
-        have = list(shipped_models())
+    shipped = shipped_models()
+    if cell not in shipped:
         raise CheckpointError(
-            f"no shipped model for cell {cell!r}; shipped: {', '.join(have) or 'none'} (or pass ckpt=<.ckpt>)"
+            f"no shipped model for cell {cell!r}; shipped: {', '.join(shipped) or 'none'} (or pass ckpt=<.ckpt>)"
         )
-    return path
+    return shipped[cell]
 
 
 def shipped_models() -> dict[str, Path]:
     """The shipped checkpoints by cell, in the order of ``model.CORES`` (rnn, lstm, gru, …)."""
-    found = {p.name.removesuffix(SHIPPED_SUFFIX): p for p in SHIPPED.glob(f"*{SHIPPED_SUFFIX}")}
-    order = list(CORES)
-    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    paths = {cell: SHIPPED / f"{cell}{SHIPPED_SUFFIX}" for cell in CORES}
+    return {cell: path for cell, path in paths.items() if path.is_file()}
 
 
 def export(source: str | Path, dest: str | Path, training: dict[str, Any] | None = None) -> Path:

@@ -385,27 +385,29 @@ def ngram_floor(runs: list[Run], data_dir: Path, order: int = 5) -> dict[str, An
     from tangshi.ngram import baseline
 
     out: dict[str, Any] = {}
-    seen: set[str] = set()
+    corpora: set[CorpusConfig] = set()
     for r in runs:
         if r.status != "completed":
             continue
-        data = {k[len("data.") :]: v for k, v in r.config.items() if k.startswith("data.")}
-        key = json.dumps(data, sort_keys=True, default=str)
-        if key in seen or not data:
+        data = {
+            k[len("data.") :]: v
+            for k, v in r.config.items()
+            if k.startswith("data.") and not (isinstance(v, str) and "${" in v)
+        }
+        if not data:
             continue
-        seen.add(key)
-        data = {k: v for k, v in data.items() if not (isinstance(v, str) and "${" in v)}
-        prepared = prepare(CorpusConfig.from_data(data), data_dir)
-        key = prepared.path.name  # settings that differ only in batching (or its spelling) share one corpus
-        if key in out:
+        corpus = CorpusConfig.from_data(data)  # batching settings (however spelled) are not the corpus's
+        if corpus in corpora:
             continue
+        corpora.add(corpus)
+        prepared = prepare(corpus, data_dir)
         cache = prepared.path / f"kn{order}.json"
         if cache.exists():
             result = json.loads(cache.read_text(encoding="utf-8"))
         else:
             result = baseline(prepared.splits["train"], prepared.splits["test"], prepared.vocab, order)
             write_json(cache, result)
-        out[key] = {"data": prepared.path.name, **result}
+        out[prepared.path.name] = {"data": prepared.path.name, **result}
     return out
 
 
