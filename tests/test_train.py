@@ -22,7 +22,7 @@ from tangshi.config import plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.errors import TangshiError
 from tangshi.model import CORES
-from tangshi.module import PoemLM
+from tangshi.module import PoemLM, resolve_lr
 from tangshi.train import train
 
 from .conftest import ROOT, TINY, run_script
@@ -197,6 +197,19 @@ def test_every_config_group_composes(overrides):
         # data=regular alone keeps the default cell's searched recipe; the experiments set tuned: null
         expected = cfg.tuned.lstm.batch_size if overrides == ["data=regular"] else 64
         assert cfg.data.batch_size == expected
+
+
+def test_scaling_carries_each_cells_rate_to_larger_cores_by_its_own_rule():
+    """The rates experiment=scaling trains with, per cell and core size (README, Convergence and scale): at 800k
+    the gated cells' rate unchanged, the RNN's halved, as lr_search found there."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=scaling"])
+    expected = {200_000: {"rnn": 5e-3, "lstm": 2e-2, "gru": 1e-2}, 800_000: {"rnn": 2.5e-3, "lstm": 2e-2, "gru": 1e-2}}
+    for budget, rates in expected.items():
+        for cell, lr in rates.items():
+            assert resolve_lr(plain(cfg.optim), cell, budget)["lr"] == pytest.approx(lr)
+    with pytest.raises(TangshiError, match="lr_by_size_exponent has no exponent for cell 'mingru'"):
+        resolve_lr({**plain(cfg.optim), "lr_by_cell": None}, "mingru", 800_000)
 
 
 def test_scripts_train_then_sample_in_fresh_processes(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -41,7 +42,8 @@ def check_optim(optim: dict[str, Any]) -> None:
 def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None) -> dict[str, Any]:
     """The optimiser settings with ``lr`` taken from ``lr_by_cell[cell]`` when that mapping is set, and scaled
     by ``(lr_reference_budget / param_budget) ** lr_by_size_exponent`` when those are set (experiment=scaling:
-    rates tuned at one core size, carried to others by a rule)."""
+    rates tuned at one core size, carried to others by a rule). The exponent is a number, or a mapping from
+    cell to number: the gated cells and the RNN follow different rules (README, Convergence and scale)."""
     optim = dict(optim)
     by_cell = optim.pop("lr_by_cell", None)
     exponent = optim.pop("lr_by_size_exponent", None)
@@ -50,6 +52,12 @@ def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None
         if cell not in by_cell:
             raise TangshiError(f"optim.lr_by_cell has no rate for cell {cell!r}; it has: {', '.join(by_cell)}")
         optim["lr"] = by_cell[cell]
+    if isinstance(exponent, Mapping):
+        if cell not in exponent:
+            raise TangshiError(
+                f"optim.lr_by_size_exponent has no exponent for cell {cell!r}; it has: {', '.join(exponent)}"
+            )
+        exponent = exponent[cell]
     if exponent and reference and param_budget:
         optim["lr"] = float(optim["lr"]) * (float(reference) / float(param_budget)) ** float(exponent)
     check_optim(optim)
