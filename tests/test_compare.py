@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tangshi.compare import Run, best_lr, group_runs, plot, summarise
+from tangshi.compare import Run, best_lr, group_runs, plot, summarise, to_markdown
 
 from .conftest import ROOT, TINY, run_script
 
@@ -155,6 +155,22 @@ def test_runs_of_different_sizes_are_never_averaged_together(tmp_path):
     assert "gru 200k vs lstm 800k" in summary["welch_p"]
     plots = plot(group_runs(runs), {}, tmp_path)
     assert "scaling.png" in plots and (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scaling_runs_are_told_apart_by_the_rate_they_used_and_a_diverged_run_is_marked():
+    # runs of experiment=scaling made before and after its rate settings changed: the rate each used tells them
+    # apart, not the rates configured for other cells or sizes
+    old = {"optim.lr_by_cell.gru": 2e-2, "optim.lr_by_size_exponent": 0.5}
+    new = {"optim.lr_by_cell.gru": 1e-2, "optim.lr_by_size_exponent.rnn": 0.5, "optim.lr_by_size_exponent.gru": 0.0}
+    runs = [_run("lstm", 6.37, lr=2e-2, core=200_000, **old), _run("lstm", 6.2, lr=2e-2, core=800_000, **new)]
+    runs += [_run("gru", 7.29, lr=2e-2, core=200_000, **old), _run("gru", 6.4, seed=1, lr=1e-2, core=200_000, **new)]
+    runs[2].curve = [(250, 60.0, 7.55), (1000, 240.0, 7.29), (1750, 420.0, 9.11)]  # blew up after its best
+    runs[3].curve = [(250, 60.0, 7.55), (1000, 240.0, 6.4), (1750, 420.0, 6.45)]  # overfitted a little
+    table = summarise(runs)["groups"]
+    assert list(table) == ["gru 200k lr 0.01", "gru 200k lr 0.02", "lstm 200k lr 0.02", "lstm 800k lr 0.02"]
+    assert table["gru 200k lr 0.02"]["unstable"] and not table["gru 200k lr 0.01"]["unstable"]
+    text = to_markdown(summarise(runs), [])
+    assert text.count("(unstable)") == 1
 
 
 def test_compare_with_no_runs_is_one_line(tmp_path):

@@ -49,7 +49,10 @@ IGNORED = (
     "position_losses",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
-    "optim.lr",  # the rate a run used is recorded as `lr` (from lr_by_cell or optim.lr)
+    "optim.lr",  # the rate a run used is recorded as `lr` (from optim.lr, lr_by_cell and the size rule)
+    "optim.lr_by_cell",
+    "optim.lr_by_size_exponent",
+    "optim.lr_reference_budget",
     "model.hidden_size",  # the size is recorded as `core` (from hidden_size or param_budget)
     "model.param_budget",
 )
@@ -227,6 +230,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             )
         }
         not_converged = [r for r in rs if r.metrics.get("best_step") == r.metrics.get("steps")]
+        # a run whose validation loss rose by more than seeds may differ after its best diverged, not overfitted
+        unstable = [r for r in rs if r.curve and r.curve[-1][2] - min(p[2] for p in r.curve) > SPREAD]
         table[name] = {
             "cell": rs[0].cell,
             "runs": len(rs),
@@ -238,6 +243,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             "best_step": [r.metrics.get("best_step") for r in rs],
             "stopped_by": [r.metrics.get("stopped_by") for r in rs],
             "converged": not not_converged,
+            "unstable": bool(unstable),
             **{key: mean_std(values) for key, values in col.items()},
             "values": {k: col[k] for k in ("best_val_bpc", "test_bpc", "clip_share")},
         }
@@ -442,7 +448,8 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
                 _fmt(t["test_bpc"]),
                 _fmt(t["test_ppl"], 1),
                 ", ".join(f"{b}/{s}" for b, s in zip(t["best_step"], t["steps"], strict=True))
-                + ("" if t["converged"] else " (not converged)"),
+                + ("" if t["converged"] else " (not converged)")
+                + (" (unstable)" if t.get("unstable") else ""),
                 _fmt(t["wall_time_s"], 0),
                 _fmt(t["tokens_per_s"], 0),
                 _fmt(t["clip_share"], 2),
@@ -459,6 +466,7 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             "",
             "Mean ± standard deviation over seeds, each seed's value beside it. Clipped steps: the share of steps",
             "whose gradient norm was clipped. Not converged: a run whose best validation was its last step.",
+            f"Unstable: a run whose val bpc rose more than {SPREAD} bits above its best (diverged, not overfitted).",
         ]
     eq = summary.get("equal") or {}
     if eq:
