@@ -66,7 +66,7 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
     assert floor["order"] == 5 and 0 < floor["test_bpc"] < 15
     text = (sweep / "report.md").read_text(encoding="utf-8")
     assert "| rnn | 2 |" in text and "crashed" in text and "training diverged" in text
-    assert "(not converged)" in text and "| Kneser-Ney 5-gram" in text
+    assert "(not converged: " in text and "| Kneser-Ney 5-gram" in text
     equal = report["equal"]  # best val bpc at the step and the training time every run reached
     assert equal["step"] == 12 and equal["seconds"] > 0 and set(equal["by_time"]) == {"rnn", "gru"}
     assert (sweep / "val_bpc_vs_step.png").read_bytes()[:4] == b"\x89PNG"
@@ -169,8 +169,12 @@ def test_scaling_runs_are_told_apart_by_the_rate_they_used_and_a_diverged_run_is
     table = summarise(runs)["groups"]
     assert list(table) == ["gru 200k lr 0.01", "gru 200k lr 0.02", "lstm 200k lr 0.02", "lstm 800k lr 0.02"]
     assert table["gru 200k lr 0.02"]["unstable"] and not table["gru 200k lr 0.01"]["unstable"]
+    runs[1].curve = [(2000, 60.0, 6.5), (8000, 240.0, 6.3), (10000, 300.0, 6.25)]  # still improving at the end
+    runs[1].metrics |= {"steps": 10000, "best_step": 10000}
     text = to_markdown(summarise(runs), [])
     assert text.count("(unstable)") == 1
+    # best by step 8,000 (the last fifth starts there) was 6.3, the end 6.25
+    assert "10000/10000 (not converged: 0.050 bits gained in the last fifth)" in text
 
 
 def test_compare_with_no_runs_is_one_line(tmp_path):

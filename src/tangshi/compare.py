@@ -232,6 +232,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         not_converged = [r for r in rs if r.metrics.get("best_step") == r.metrics.get("steps")]
         # a run whose validation loss rose by more than seeds may differ after its best diverged, not overfitted
         unstable = [r for r in rs if r.curve and r.curve[-1][2] - min(p[2] for p in r.curve) > SPREAD]
+        # how far from converged: what the last fifth of the steps still gained in best val bpc
+        late_gain = [_best_so_far(r.curve, 0, 0.8 * r.curve[-1][0]) - min(p[2] for p in r.curve) for r in rs if r.curve]
         table[name] = {
             "cell": rs[0].cell,
             "runs": len(rs),
@@ -244,6 +246,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             "stopped_by": [r.metrics.get("stopped_by") for r in rs],
             "converged": not not_converged,
             "unstable": bool(unstable),
+            "late_gain": mean_std(late_gain) if late_gain else None,
             **{key: mean_std(values) for key, values in col.items()},
             "values": {k: col[k] for k in ("best_val_bpc", "test_bpc", "clip_share")},
         }
@@ -431,6 +434,12 @@ def _seeds(values: list[float], digits: int = 3) -> str:
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
+def _not_converged(late_gain: tuple[float, float] | None) -> str:
+    if late_gain is None or math.isnan(late_gain[0]):
+        return " (not converged)"
+    return f" (not converged: {late_gain[0]:.3f} bits gained in the last fifth)"
+
+
 def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     lines = ["# Comparison", ""]
     groups = summary["groups"]
@@ -448,7 +457,7 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
                 _fmt(t["test_bpc"]),
                 _fmt(t["test_ppl"], 1),
                 ", ".join(f"{b}/{s}" for b, s in zip(t["best_step"], t["steps"], strict=True))
-                + ("" if t["converged"] else " (not converged)")
+                + ("" if t["converged"] else _not_converged(t.get("late_gain")))
                 + (" (unstable)" if t.get("unstable") else ""),
                 _fmt(t["wall_time_s"], 0),
                 _fmt(t["tokens_per_s"], 0),
