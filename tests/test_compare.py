@@ -166,6 +166,13 @@ def test_scaling_runs_are_told_apart_by_the_rate_they_used_and_a_diverged_run_is
     runs += [_run("gru", 7.29, lr=2e-2, core=200_000, **old), _run("gru", 6.4, seed=1, lr=1e-2, core=200_000, **new)]
     runs[2].curve = [(250, 60.0, 7.55), (1000, 240.0, 7.29), (1750, 420.0, 9.11)]  # blew up after its best
     runs[3].curve = [(250, 60.0, 7.55), (1000, 240.0, 6.4), (1750, 420.0, 6.45)]  # overfitted a little
+    runs += [
+        _run("rnn", 6.7, lr=5e-3, core=200_000, **new, **{"model.param_budget": 200_000}),
+        _run("rnn", 6.6, lr=2.5e-3, core=800_000, **new, **{"model.param_budget": 800_000}),
+    ]
+    # a rate per size is no grid: only the GRU, at two rates at 200k, gets a rate chosen
+    assert list(best_lr(runs)) == ["gru"]
+    runs = runs[:4]
     table = summarise(runs)["groups"]
     assert list(table) == ["gru 200k lr 0.01", "gru 200k lr 0.02", "lstm 200k lr 0.02", "lstm 800k lr 0.02"]
     assert table["gru 200k lr 0.02"]["unstable"] and not table["gru 200k lr 0.01"]["unstable"]

@@ -307,12 +307,19 @@ def best_lr(runs: list[Run]) -> dict[str, dict[str, Any]]:
     by_rate: dict[tuple[str, Any], dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r.lr is not None and r.status in ("completed", "failed"):
+            # a grid is per model size, read from the config (a run that crashed early recorded no core size)
             rest = {k: v for k, v in r.settings().items() if k not in ("lr", "core")}
+            rest["size"] = [r.config.get("model.param_budget"), r.config.get("model.hidden_size")]
             by_rate[(r.cell, json.dumps(rest, sort_keys=True, default=str))][r.lr].append(r)
+    sizes = defaultdict(set)
+    for cell, rest in by_rate:
+        sizes[cell].add(rest)
     out = {}
-    for (cell, _), rates in by_rate.items():
+    for (cell, rest), rates in by_rate.items():
         if len(rates) < 2:
             continue
+        budget, hidden = json.loads(rest)["size"]
+        label = cell if len(sizes[cell]) == 1 else f"{cell} {_describe('core', budget) if budget else hidden}"
         grid = sorted(rates)
         stable = {lr: _stable(rs) for lr, rs in rates.items()}
 
@@ -323,7 +330,7 @@ def best_lr(runs: list[Run]) -> dict[str, dict[str, Any]]:
         }
         allowed = [lr for lr, nxt in itertools.pairwise(grid) if stable[nxt] and lr in means]
         best = min(allowed, key=means.__getitem__) if allowed else None
-        out[cell] = {
+        out[label] = {
             "lr": best,
             "mean_best_val_bpc": means.get(best) if best else None,
             "lowest_mean": min(means, key=means.__getitem__) if means else None,
