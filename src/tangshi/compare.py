@@ -230,7 +230,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             )
         }
         not_converged = [r for r in rs if r.metrics.get("best_step") == r.metrics.get("steps")]
-        # a run whose validation loss rose by more than seeds may differ after its best diverged, not overfitted
+        # diverged rather than overfitted: its val bpc rose further above its best than seeds may differ
         unstable = [r for r in rs if r.curve and r.curve[-1][2] - min(p[2] for p in r.curve) > SPREAD]
         # how far from converged: what the last fifth of the steps still gained in best val bpc
         late_gain = [_best_so_far(r.curve, 0, 0.8 * r.curve[-1][0]) - min(p[2] for p in r.curve) for r in rs if r.curve]
@@ -311,15 +311,15 @@ def best_lr(runs: list[Run]) -> dict[str, dict[str, Any]]:
             rest = {k: v for k, v in r.settings().items() if k not in ("lr", "core")}
             rest["size"] = [r.config.get("model.param_budget"), r.config.get("model.hidden_size")]
             by_rate[(r.cell, json.dumps(rest, sort_keys=True, default=str))][r.lr].append(r)
-    sizes = defaultdict(set)
+    grids = defaultdict(set)  # per cell: the settings (size among them) it was swept at
     for cell, rest in by_rate:
-        sizes[cell].add(rest)
+        grids[cell].add(rest)
     out = {}
     for (cell, rest), rates in by_rate.items():
         if len(rates) < 2:
             continue
         budget, hidden = json.loads(rest)["size"]
-        label = cell if len(sizes[cell]) == 1 else f"{cell} {_describe('core', budget) if budget else hidden}"
+        label = cell if len(grids[cell]) == 1 else f"{cell} {_describe('core', budget) if budget else hidden}"
         grid = sorted(rates)
         stable = {lr: _stable(rs) for lr, rs in rates.items()}
 
