@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -304,22 +304,19 @@ def best_lr(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """Per cell (and size) that ran at several rates: the rate with the lowest mean best val bpc among the rates
     whose next rate up is stable, that is, no seed failed and the seeds agree within :data:`SPREAD` bits. A rate
     at the top of the grid has no such margin and is not chosen."""
-    by_rate: dict[tuple[str, Any], dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    by_rate: dict[tuple[str, Any, Any, str], dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r.lr is not None and r.status in ("completed", "failed"):
             # a grid is per model size, read from the config (a run that crashed early recorded no core size)
+            budget, hidden = r.config.get("model.param_budget"), r.config.get("model.hidden_size")
             rest = {k: v for k, v in r.settings().items() if k not in ("lr", "core")}
-            rest["size"] = [r.config.get("model.param_budget"), r.config.get("model.hidden_size")]
-            by_rate[(r.cell, json.dumps(rest, sort_keys=True, default=str))][r.lr].append(r)
-    grids = defaultdict(set)  # per cell: the settings (size among them) it was swept at
-    for cell, rest in by_rate:
-        grids[cell].add(rest)
+            by_rate[(r.cell, budget, hidden, json.dumps(rest, sort_keys=True, default=str))][r.lr].append(r)
+    grids = Counter(cell for cell, *_ in by_rate)
     out = {}
-    for (cell, rest), rates in by_rate.items():
+    for (cell, budget, hidden, _), rates in by_rate.items():
         if len(rates) < 2:
             continue
-        budget, hidden = json.loads(rest)["size"]
-        label = cell if len(grids[cell]) == 1 else f"{cell} {_describe('core', budget) if budget else hidden}"
+        label = cell if grids[cell] == 1 else f"{cell} {_describe('core', budget) if budget else hidden}"
         grid = sorted(rates)
         stable = {lr: _stable(rs) for lr, rs in rates.items()}
 
