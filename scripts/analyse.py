@@ -24,7 +24,15 @@ def main(cfg: DictConfig) -> None:
     with reported():
         loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
         prepared = checkpoint.prepared_data(loaded, plain(cfg.data), cfg.paths.data_dir)
-        result = analyse(loaded, prepared, n=cfg.n, seed=cfg.seed, length=cfg.length, poems=cfg.poems)
+        result = analyse(
+            loaded,
+            prepared,
+            n=cfg.n,
+            seed=cfg.seed,
+            length=cfg.length,
+            poems=cfg.poems,
+            poem_sets=cfg.poem_sets,
+        )
     run_dir = Path(cfg.ckpt).resolve().parent.parent
     history = read_history(run_dir / "diagnostics" / "gradient_flow.json")
     written = write_report(result, history, Path(cfg.out_dir or run_dir / "analysis"))

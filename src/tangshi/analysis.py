@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tangshi import figures
+from tangshi import poem_sets as sets
 from tangshi.atomic import write_json, write_text
 from tangshi.batches import PoemDataset, collate
 from tangshi.checkpoint import Loaded
@@ -30,6 +31,7 @@ from tangshi.decoding import SamplingConfig, sample
 from tangshi.formatting import markdown_table
 from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
 from tangshi.model import CharLM
+from tangshi.poem_sets import random_in_form
 from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, split_lines
 from tangshi.vocab import Vocab
 
@@ -169,20 +171,6 @@ def position_losses(model: CharLM, vocab: Vocab, bodies: Sequence[str]) -> dict[
 # -- poetics of sampled sets ------------------------------------------------------------------------------
 
 
-def random_in_form(prepared: Prepared, n: int, seed: int = 0) -> list[str]:
-    """Poems of random characters (drawn by training frequency) in the four regular forms, in turn."""
-    rng = random.Random(seed)
-    chars = [c for c in prepared.vocab.itos[4:] if c not in LINE_PUNCT]
-    weights = [prepared.vocab.counts[prepared.vocab.stoi[c]] for c in chars]
-    forms = list(FORMS.values())
-    poems = []
-    for i in range(n):
-        form = forms[i % len(forms)]
-        lines = ["".join(rng.choices(chars, weights, k=form.chars_per_line)) for _ in range(form.lines)]
-        poems.append("".join(line + ("，" if j % 2 == 0 else "。") for j, line in enumerate(lines)))
-    return poems
-
-
 def sets_to_sample(n: int, seed: int) -> dict[str, list[SamplingConfig]]:
     """The fixed poem sets: free sampling, and each form alone, with rhyme, and with rhyme and tone steering,
     each begun with fixed characters."""
@@ -222,10 +210,17 @@ def poetics_rows(loaded: Loaded, prepared: Prepared, n: int, seed: int) -> tuple
 
 
 def analyse(
-    loaded: Loaded, prepared: Prepared, n: int = 96, seed: int = 0, length: int = 48, poems: int = 64
+    loaded: Loaded,
+    prepared: Prepared,
+    n: int = 96,
+    seed: int = 0,
+    length: int = 48,
+    poems: int = 64,
+    poem_sets: int = 200,
 ) -> dict[str, Any]:
-    """Test loss, position losses and gradient flow on the validation split (recurrent cores only), and the
-    poetics rows (``n`` poems per set, 0 to skip them)."""
+    """Test loss, position losses and gradient flow on the validation split (recurrent cores only), the
+    poetics rows (``n`` poems per set, 0 to skip them), and the poem sets a training run measures at its end
+    (:mod:`tangshi.poem_sets`, ``poem_sets`` poems each, 0 to skip them) beside their reference rows."""
     loaded.vocab.check_matches(prepared.vocab, f"analyse {loaded.path} on {prepared.path}")
     model, vocab, val = loaded.model, loaded.vocab, prepared.splits["val"]
     result: dict[str, Any] = {
@@ -246,6 +241,9 @@ def analyse(
         }
     if n:
         result["poetics"], result["samples"] = poetics_rows(loaded, prepared, n, seed)
+    if poem_sets:
+        result["poem_sets"] = sets.measure(model, vocab, poem_sets, seed)
+        result["poem_sets_references"] = sets.references(prepared, poem_sets, seed)
     return result
 
 
@@ -284,6 +282,9 @@ def to_markdown(result: dict[str, Any], history: list[dict[str, Any]] | None = N
             lines += ["", f"During training ({key}, top layer):", ""]
             for m in history:
                 lines.append(f"- step {m['step']}: {decay_ratios(torch.tensor(m['norms'])).get(key, math.nan):.2e}")
+    if "poem_sets" in result:
+        lines += ["", "What the model writes on its own, the sets every training run measures at its end:", ""]
+        lines += sets.markdown(result["poem_sets"], result.get("poem_sets_references"))
     if "poetics" in result:
         lines += ["", "Poetics of fixed-seed poem sets, beside real held-out poems and random characters in form:", ""]
         lines += markdown_table(

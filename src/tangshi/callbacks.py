@@ -150,7 +150,8 @@ class GradientFlow(L.Callback):
         self._tokens: Tensor | None = None
         self._start: tuple[int, Any] | None = None  # (step, copy of the weights) awaiting measurement
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_train_start, not on_fit_start: a resumed run's step is restored by now
         if not trainer.is_global_zero:
             return
         if not getattr(pl_module.model.core, "recurrent", False):  # type: ignore[union-attr]
@@ -180,12 +181,15 @@ class GradientFlow(L.Callback):
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._tokens is None:
             return
+        started = time.perf_counter()
         if self._start is not None:
             step, model = self._start
             self._start = None
             self._record(trainer, model, step, self._tokens)
         if not self.measurements or self.measurements[-1]["step"] != trainer.global_step:
             self._record(trainer, pl_module.model, trainer.global_step, self._tokens)  # type: ignore[arg-type]
+        if hasattr(pl_module, "pause_clock"):  # a diagnostic, not training: not every cell runs it
+            pl_module.pause_clock(time.perf_counter() - started)
 
     def _record(self, trainer: L.Trainer, model: Any, step: int, tokens: Tensor) -> None:
         norms = gradient_flow(model, tokens.to(next(model.parameters()).device))
@@ -217,3 +221,20 @@ class GradientFlow(L.Callback):
             "last_step": last["step"],
             "last": decay_ratios(torch.tensor(last["norms"]), self.distances),
         }
+
+
+class StableCheckpoint(L.Callback):
+    """Saves ``<dirpath>/stable.ckpt`` at the step where a ``wsd`` schedule starts its cool-down: the weights
+    an extension of the run resumes from (:mod:`tangshi.schedule`). Does nothing under other schedules."""
+
+    def __init__(self, dirpath: str):
+        self.path = Path(dirpath) / "stable.ckpt"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        schedule = getattr(pl_module, "schedule", None)
+        if schedule is None or schedule.kind != "wsd" or trainer.global_step != schedule.decay_start:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)  # every rank takes part; rank zero writes
+        if trainer.is_global_zero:
+            partial.replace(self.path)  # atomic: an extension never reads half a checkpoint

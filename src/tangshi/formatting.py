@@ -39,6 +39,12 @@ def format_run_summary(summary: dict[str, Any]) -> str:
             f"wall time {summary['wall_time_s'] / 60:.1f} min; first step {summary.get('startup_s') or 0:.1f} s "
             "after start"
         )
+    if summary.get("poems"):
+        from tangshi.poem_sets import summary_lines
+
+        seconds = summary["poems"].get("seconds", 0.0)
+        lines.append(f"poems:    {summary['poems']['n']} per set, scored in {seconds:.0f} s (metrics.json \"poems\")")
+        lines += [f"  {line}" for line in summary_lines(summary["poems"])]
     if summary.get("samples"):
         lines += ["samples:", *(f"  {p}" for p in summary["samples"])]
     return "\n".join(lines)

@@ -24,10 +24,10 @@ from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.model import build_model
 from tangshi.poetics import poetics_metrics
+from tangshi.schedule import SCHEDULERS, Schedule
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
-SCHEDULERS = ("constant", "cosine")
 
 
 def check_optim(optim: dict[str, Any]) -> None:
@@ -64,47 +64,6 @@ def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None
     return optim
 
 
-class LRSchedule:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` of the peak at ``total`` steps,
-    as a multiplier of the peak rate (for ``LambdaLR``).
-
-    A run resumed with a larger ``trainer.max_steps`` continues its schedule instead of jumping to where a
-    longer schedule would be: from the resume step on, the rate decays by a cosine from the multiplier it had
-    there to ``min_ratio`` at the new total (:meth:`extended`). ``segments`` holds those continuations as
-    ``[start step, multiplier at start, end step]``, oldest first.
-    """
-
-    def __init__(self, warmup: int, total: int, min_ratio: float = 0.1, segments: list[list[float]] | None = None):
-        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
-        self.segments = [list(seg) for seg in segments or []]
-
-    @property
-    def end(self) -> int:
-        """The step at which the rate reaches ``min_ratio``: the last segment's end, or ``total``."""
-        return int(self.segments[-1][2]) if self.segments else self.total
-
-    def _cosine(self, step: int, start: int, ratio: float, end: int) -> float:
-        progress = min(1.0, (step - start) / max(1, end - start))
-        return self.min_ratio + (ratio - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def __call__(self, step: int) -> float:
-        for start, ratio, end in reversed(self.segments):
-            if step >= start:
-                return self._cosine(step, int(start), ratio, int(end))
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        return self._cosine(step, self.warmup, 1.0, self.total)
-
-    def extended(self, step: int, total: int) -> LRSchedule:
-        """This schedule, continued from ``step`` to end at ``total`` without a jump in the rate."""
-        if total == self.end:
-            return self
-        return LRSchedule(self.warmup, self.total, self.min_ratio, [*self.segments, [step, self(step), total]])
-
-    def state(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "total": self.total, "min_ratio": self.min_ratio, "segments": self.segments}
-
-
 class PoemLM(L.LightningModule):
     def __init__(
         self,
@@ -135,7 +94,7 @@ class PoemLM(L.LightningModule):
         self._clock_tokens = 0
         # Gradient-norm statistics over all steps, kept as tensors so a GPU never waits on them.
         self.grad_stats: dict[str, Tensor] = {}
-        self.schedule: LRSchedule | None = None
+        self.schedule: Schedule | None = None
         self._restored_schedule: tuple[int, dict[str, Any]] | None = None  # (step, state) from a checkpoint
 
     def on_fit_start(self) -> None:
@@ -180,6 +139,11 @@ class PoemLM(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._clock = None
+
+    def pause_clock(self, seconds: float) -> None:
+        """Leave ``seconds`` spent between two steps (a diagnostic) out of the training time."""
+        if self._clock is not None:
+            self._clock += seconds
 
     def on_validation_start(self) -> None:
         self._clock = None
@@ -239,6 +203,9 @@ class PoemLM(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
+        if not self.trainer.sanity_checking:
+            # the time axis of comparisons: seconds of training steps only, carried across resumes
+            self.log("time/train_s", self.train_seconds, reduce_fx="max")
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.logger is None:
             return
         experiment = getattr(self.logger, "experiment", None)
@@ -271,17 +238,28 @@ class PoemLM(L.LightningModule):
             lr=o["lr"],
             betas=tuple(o.get("betas", (0.9, 0.999))),
         )
-        if o.get("scheduler", "cosine") == "constant":
+        kind = o.get("scheduler", "cosine")
+        if kind == "constant":
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         if self._restored_schedule is not None:  # resumed: continue the stored schedule, to a new end if asked
             step, state = self._restored_schedule
-            self.schedule = LRSchedule(**state).extended(step, total)
+            stored = Schedule(**state)
+            if stored.kind == "wsd" and total > stored.end and step > stored.decay_start:
+                log.warning(
+                    "extending a wsd run from step %d, inside its cool-down (from step %d): the rate jumps back to "
+                    "the peak; resume from checkpoints/stable.ckpt to extend the stable phase",
+                    step,
+                    stored.decay_start,
+                )
+            self.schedule = stored.extended(step, total)
         else:
             warmup = int(o.get("warmup_steps", 0))
             if warmup >= total:
                 log.warning("optim.warmup_steps=%d >= %d steps: the rate never reaches optim.lr", warmup, total)
-            self.schedule = LRSchedule(warmup, total, float(o.get("min_lr_ratio", 0.1)))
+            self.schedule = Schedule(
+                kind, warmup, total, float(o.get("min_lr_ratio", 0.1)), float(o.get("decay_frac", 0.2))
+            )
         schedule = self.schedule
         # A plain function, so LambdaLR keeps no copy of the schedule in its state: the schedule travels in
         # the tangshi part of the checkpoint, where a resume can extend it.
@@ -298,6 +276,8 @@ class PoemLM(L.LightningModule):
             "torch_rng": torch.get_rng_state(),
             "grad_stats": {k: v.cpu() for k, v in self.grad_stats.items()},
             "schedule": self.schedule.state() if self.schedule is not None else None,
+            "train_seconds": self.train_seconds,  # the clock of a resumed run goes on from here
+            "timed_tokens": self.timed_tokens,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -309,6 +289,8 @@ class PoemLM(L.LightningModule):
         if rng is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(rng)
             self.grad_stats = dict(checkpoint[CHECKPOINT_KEY].get("grad_stats", {}))
+            self.train_seconds = float(checkpoint[CHECKPOINT_KEY].get("train_seconds", 0.0))
+            self.timed_tokens = int(checkpoint[CHECKPOINT_KEY].get("timed_tokens", 0))
             schedule = checkpoint[CHECKPOINT_KEY].get("schedule")
             if schedule is not None:
                 self._restored_schedule = (int(checkpoint.get("global_step", 0)), schedule)

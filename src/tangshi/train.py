@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
-from tangshi import checkpoint
+from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
@@ -42,15 +42,28 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     process_start = process_start or entered
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
-    if cfg.get("ckpt_path") == "last" and metrics_path.exists():
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last" and metrics_path.exists():
         previous = json.loads(metrics_path.read_text(encoding="utf-8"))
-        if previous.get("status") == "completed":  # resuming a sweep: finished jobs are not redone
-            log.info("%s already completed; nothing to resume", run_dir)
-            return previous
+        if previous.get("status") == "completed":
+            if not extends(previous, cfg):  # resuming a sweep: finished jobs are not redone
+                log.info("%s already completed; nothing to resume", run_dir)
+                return previous
+            stable = run_dir / "checkpoints" / "stable.ckpt"
+            if cfg.optim.get("scheduler") == "wsd" and stable.exists():
+                ckpt_path = str(stable)  # the weights before the cool-down: the extension goes on at the peak
+            log.info(
+                "extending %s from step %s to %s steps (from %s)",
+                run_dir,
+                previous.get("steps"),
+                cfg.trainer.max_steps,
+                Path(ckpt_path).name if ckpt_path != "last" else "last.ckpt",
+            )
     # Settings errors surface here, in one line, before any data is read.
     check_config(**plain(cfg.model))
     model_cfg = resolve_budget(plain(cfg.model))
     optim = resolve_lr(plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
+    log.info("learning rate: %g", optim["lr"])
     datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**plain(cfg.samples))
     devices = cfg.trainer.get("devices")
@@ -71,6 +84,12 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     )
     log.info("precision: %s%s", trainer.precision, " (this CPU has AMX)" if cpu_has_amx() else "")
     log.info("stopping rule: %s", stopping.describe(trainer))
+    # The record: every setting as used (not as spelled), and where it ran.
+    config = plain(cfg)
+    config.update(model=model_cfg, optim=optim)
+    config["trainer"]["precision"] = str(trainer.precision)
+    config["ckpt_path"] = ckpt_path
+    summary.update(config=config, environment=record.environment(cfg.trainer.get("accelerator")))
     if trainer.is_global_zero:
         write_json(metrics_path, summary)
     try:
@@ -92,7 +111,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         summary["data"] = datamodule.prepared.meta["counts"]  # type: ignore[union-attr]
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
 
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
         # every rank trains on as many batches, so this rank's throughput stands for each rank's
@@ -135,6 +154,9 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
                 else:
                     summary["positions"] = positions["classes"]
                     summary["loss_by_position"] = positions["by_position"]["loss"]
+            if cfg.get("poem_sets", 0):  # what the model writes on its own: free, and in form without rhyme masks
+                summary["poems"] = poem_sets.measure(loaded.model, loaded.vocab, int(cfg.poem_sets))
+                log_poems(trainer, summary["poems"])
             if cfg.get("final_samples", 0):
                 final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
                 summary["samples"] = sample(loaded.model, loaded.vocab, final)
@@ -149,6 +171,31 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if trainer.is_global_zero:
             write_json(metrics_path, summary)
     return summary
+
+
+def extends(previous: dict[str, Any], cfg: DictConfig) -> bool:
+    """Whether resuming a completed run in place asks for more: a larger ``trainer.max_steps`` than it was given
+    (a run made before records, than it ran to). A run ended by early stopping or the epoch cap is done."""
+    stopped_by = previous.get("stopped_by")
+    if stopped_by not in ("max_steps", "max_time"):
+        return False
+    given = (previous.get("config") or {}).get("trainer", {}).get("max_steps")
+    if given is None and stopped_by == "max_steps":
+        given = previous.get("steps")
+    return given is not None and int(cfg.trainer.max_steps) > int(given)
+
+
+def log_poems(trainer: L.Trainer, measured: dict[str, Any]) -> None:
+    """The poem sets' shares as ``poems/<set>/<metric>`` scalars at the last step."""
+    if trainer.logger is None or not trainer.is_global_zero:
+        return
+    values = {
+        f"poems/{name}/{key}": float(value)
+        for name in poem_sets.SETS
+        for key, value in measured.get(name, {}).items()
+        if key in poem_sets.KEPT
+    }
+    trainer.logger.log_metrics(values, step=trainer.global_step)
 
 
 def time_limit(cfg: DictConfig) -> str | None:
@@ -179,6 +226,9 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, summary: dict[str, Any]) ->
     metrics = {
         f"hparams/{k}": summary[k] for k in ("best_val_bpc", "test_bpc", "test_ppl", "clip_share") if k in summary
     }
+    for name in poem_sets.SETS:
+        if name in summary.get("poems", {}):
+            metrics[f"hparams/{name}_rhyme"] = summary["poems"][name]["rhyme"]
     rhyme = summary.get("positions", {}).get("rhyme")
     if rhyme:
         metrics.update({"hparams/rhyme_loss": rhyme["loss"], "hparams/rhyme_acc": rhyme["acc"]})
