@@ -9,8 +9,8 @@ from pathlib import Path
 
 os.environ.setdefault("TANGSHI_ROOT", str(Path(__file__).resolve().parents[1]))
 
-from tangshi.compare import compare
 from tangshi.errors import TangshiError, reported
+from tangshi.report import compare
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ TINY = [
     "final_samples=3",
     "samples.n=2",
     "poetics_samples=8",
+    "poem_sets=20",
 ]
 
 

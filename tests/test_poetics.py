@@ -2,7 +2,19 @@
 
 import pytest
 
-from tangshi.poetics import PING, ZE, detect_form, phonology, poetics_metrics, rhymes, score_poem, tone_rules
+from tangshi.poetics import (
+    PING,
+    ZE,
+    detect_form,
+    phonology,
+    poetics_metrics,
+    repeats_rhyme,
+    rhyme_category,
+    rhyme_chars,
+    rhymes,
+    score_poem,
+    tone_rules,
+)
 
 DENG_GUAN_QUE = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"  # 王之涣: 尤 rhyme, regular tones
 CHUN_WANG = (
@@ -77,6 +89,7 @@ def test_scores_and_set_metrics():
         "tone_ok": True,
         "repeated_line": False,
         "repeated_chars": 0.0,
+        "repeated_rhyme": False,
         "doubled_char": False,
     }
     # 离离 doubles a character; 离 and 一 each come back once: 2 of 20 characters repeat an earlier one
@@ -90,3 +103,50 @@ def test_scores_and_set_metrics():
     assert m["copied_poems"] == pytest.approx(1 / 3)
     assert m["copied_lines"] == pytest.approx(5 / 9)  # 5 of 9 lines are 白日依山尽 (不是诗 counts as one line)
     assert m["distinct_1"] == pytest.approx(len(set("白日依山尽黄河入海流欲穷千里目更上一层楼不是诗")) / 43)
+
+
+# Well-known poems with their rhyme characters and 平水韵 categories, written here by hand from the rhyme books
+# (not read from the table the checker uses). None: the even lines rhyme in an oblique (仄) tone, which regular
+# verse does not, so the level-tone checker must say no.
+KNOWN = [
+    ("静夜思", "床前明月光，疑是地上霜。举头望明月，低头思故乡。", "霜乡", "下平声七阳"),
+    ("登鹳雀楼", DENG_GUAN_QUE, "流楼", "下平声十一尤"),
+    ("相思", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。", "枝思", "上平声四支"),
+    ("早发白帝城", ZAO_FA, "还山", "上平声十五删"),
+    ("出塞", "秦时明月汉时关，万里长征人未还。但使龙城飞将在，不教胡马度阴山。", "还山", "上平声十五删"),
+    ("凉州词", "葡萄美酒夜光杯，欲饮琵琶马上催。醉卧沙场君莫笑，古来征战几人回。", "催回", "上平声十灰"),
+    ("枫桥夜泊", "月落乌啼霜满天，江枫渔火对愁眠。姑苏城外寒山寺，夜半钟声到客船。", "眠船", "下平声一先"),
+    (
+        "黄鹤楼送孟浩然之广陵",
+        "故人西辞黄鹤楼，烟花三月下扬州。孤帆远影碧空尽，唯见长江天际流。",
+        "州流",
+        "下平声十一尤",
+    ),
+    ("春望", CHUN_WANG, "深心金簪", "下平声十二侵"),
+    ("春晓", "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。", "鸟少", None),
+    ("寻隐者不遇", "松下问童子，言师采药去。只在此山中，云深不知处。", "去处", None),
+    ("鹿柴", "空山不见人，但闻人语响。返景入深林，复照青苔上。", "响上", None),
+    ("悯农", "锄禾日当午，汗滴禾下土。谁知盘中餐，粒粒皆辛苦。", "土苦", None),
+    ("江雪", JIANG_XUE, "灭雪", None),
+]
+
+
+@pytest.mark.parametrize(("title", "poem", "chars", "category"), KNOWN, ids=[k[0] for k in KNOWN])
+def test_the_checker_agrees_with_known_rhymes(title, poem, chars, category):
+    assert "".join(rhyme_chars(poem)) == chars
+    assert rhymes(poem) == (category is not None)
+    if category:
+        assert category in rhyme_category(poem)
+
+
+def test_an_echoed_rhyme_character_is_not_a_rhyme():
+    echo = "国破山河在，城春草木深。感时花溅泪，恨别鸟惊深。"  # 深 … 深: one category, but the same character
+    assert rhyme_category(echo) and repeats_rhyme(echo) and not rhymes(echo)
+    m = poetics_metrics([echo, DENG_GUAN_QUE])
+    assert m["rhyme"] == 0.5 and m["repeated_rhyme"] == 0.5 and m["rhymed_n"] == 1 and m["well_formed_n"] == 2
+
+
+def test_a_modern_reading_is_no_pingshui_rhyme():
+    # 啼 is missing from the table: its modern fallback category (今韵i) is not 平水韵, so it rhymes with nothing
+    assert phonology().categories("啼") == {"今韵i"}
+    assert not rhyme_category("白日依山尽，黄河入海啼。欲穷千里目，更上一层啼。")

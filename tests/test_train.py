@@ -108,7 +108,18 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
         "train/clip_share",
         "gradflow/layer0_k10",
         "gradflow/layer0_k40",
+        "time/train_s",
+        "poems/free/rhyme",
+        "poems/wuyan_jueju/rhyme",
+        "poems/qiyan_jueju/well_formed",
     } <= tags
+    # what the run wrote: three poem sets of 20 (TINY), form masks make every 五绝 and 七绝 well-formed
+    poems = on_disk["poems"]
+    assert [poems[s]["n"] for s in ("free", "wuyan_jueju", "qiyan_jueju")] == [20, 20, 20]
+    assert poems["wuyan_jueju"]["well_formed"] == 1.0 and poems["qiyan_jueju"]["well_formed_n"] == 20
+    lo, hi = poems["wuyan_jueju"]["rhyme_ci"]
+    assert lo <= poems["wuyan_jueju"]["rhyme"] <= hi and 0 < poems["seconds"] < on_disk["wall_time_s"]
+    assert events.Scalars("poems/wuyan_jueju/rhyme")[-1].value == pytest.approx(poems["wuyan_jueju"]["rhyme"])
     assert "samples/text_summary" in events.Tags()["tensors"]
     assert "gradflow/curve" in events.Tags()["images"]
     # one hparams entry listing what tells runs of a sweep apart, with the final metrics
@@ -221,6 +232,7 @@ def test_scripts_train_then_sample_in_fresh_processes(tmp_path):
     assert len(runs) == 1 and runs[0].name.split("_")[2] == "gru"
     assert {p.name for p in runs[0].iterdir()} >= {".hydra", "tensorboard", "checkpoints", "metrics.json"}
     assert "val bpc:" in proc.stdout and "samples:" in proc.stdout
+    assert "  free: rhymes " in proc.stdout and "  wuyan_jueju: rhymes " in proc.stdout  # the run's end says it
     ckpt = runs[0] / "checkpoints" / "best.ckpt"
 
     # from a folder with no corpus, no configs of the run: the checkpoint alone
@@ -349,7 +361,7 @@ def test_divergence_stops_the_run_and_marks_it_failed(compose_train):
         ("data.path=/no/such/folder", "data.path /no/such/folder does not exist"),
         ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("data.min_len=1000", r"need 1 <= data.min_len <= data.max_len, got 1000 and 128"),
-        ("optim.scheduler=linear", "unknown optim.scheduler 'linear'; allowed: constant, cosine"),
+        ("optim.scheduler=linear", "unknown optim.scheduler 'linear'; allowed: cosine, wsd, constant"),
         ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
     ],
 )
@@ -459,6 +471,43 @@ def test_an_extended_run_continues_its_schedule_without_a_jump(compose_train, tm
     assert 0.001 <= after[79] < 0.0011
     steps = sorted(after)
     assert all(after[a] >= after[b] for a, b in itertools.pairwise(steps))
+
+
+def test_a_finished_run_extended_in_place_trains_on_at_the_peak_rate(compose_train):
+    # warmup-stable-decay: the cool-down of the first 40 steps starts at step 32, where stable.ckpt is kept
+    wsd = ("optim.scheduler=wsd", "optim.lr=0.01", "optim.warmup_steps=5", "trainer.log_every_n_steps=1")
+    wsd += ("callbacks.gradient_flow.every_n_steps=10",)
+    first = train(compose_train(*wsd))
+    run = Path(first["run_dir"])
+    assert (
+        first["steps"] == 40 and torch.load(run / "checkpoints" / "stable.ckpt", weights_only=True)["global_step"] == 32
+    )
+    before = _scalars(run, "train/lr")
+    assert before[31] == pytest.approx(0.01) and before[39] < 0.0025  # cooled down to near the floor
+    flow_before = [
+        m["step"] for m in json.loads((run / "diagnostics" / "gradient_flow.json").read_text())["measurements"]
+    ]
+    # resumed in place with a larger budget: the old code returned the old summary and trained nothing
+    second = train(compose_train(*wsd, "ckpt_path=last", "trainer.max_steps=80"))
+    assert (
+        second["status"] == "completed"
+        and second["steps"] == 80
+        and second["config"]["ckpt_path"].endswith("stable.ckpt")
+    )
+    after = _scalars(run, "train/lr")
+    assert all(after[s] == pytest.approx(0.01) for s in range(32, 64))  # the stable phase goes on from step 32
+    assert after[79] < 0.0015
+    # the gradient-flow history keeps its points up to the resume step (the old code kept step 0 only)
+    flow = [m["step"] for m in json.loads((run / "diagnostics" / "gradient_flow.json").read_text())["measurements"]]
+    assert flow[: len([s for s in flow_before if s <= 32])] == [s for s in flow_before if s <= 32] and flow[-1] == 80
+    # the time axis goes on from the resumed checkpoint's seconds of training, never back to zero
+    seconds = _scalars(run, "time/train_s")
+    assert sorted(seconds) == [19, 39, 59, 79] and all(
+        a < b for a, b in itertools.pairwise(seconds[k] for k in sorted(seconds))
+    )
+    assert second["train_time_s"] == pytest.approx(seconds[79])
+    # asked again for the same budget, the finished run is left as it is
+    assert train(compose_train(*wsd, "ckpt_path=last", "trainer.max_steps=80"))["wall_time_s"] == second["wall_time_s"]
 
 
 def test_a_time_limited_run_stops_validated_and_resumes_for_more_steps(tmp_path):

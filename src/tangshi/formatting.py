@@ -43,7 +43,7 @@ def format_run_summary(summary: dict[str, Any]) -> str:
         from tangshi.poem_sets import summary_lines
 
         seconds = summary["poems"].get("seconds", 0.0)
-        lines.append(f"poems:    {summary['poems']['n']} per set, scored in {seconds:.0f} s (metrics.json \"poems\")")
+        lines.append(f'poems:    {summary["poems"]["n"]} per set, scored in {seconds:.0f} s (metrics.json "poems")')
         lines += [f"  {line}" for line in summary_lines(summary["poems"])]
     if summary.get("samples"):
         lines += ["samples:", *(f"  {p}" for p in summary["samples"])]

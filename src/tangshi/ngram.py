@@ -16,9 +16,11 @@ the vocabulary under the unigram, so no character in the vocabulary has probabil
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tangshi.vocab import Vocab
@@ -91,3 +93,19 @@ def baseline(train: Sequence[str], test: Sequence[str], vocab: Vocab, order: int
     scored = [model.bits(b) for b in test]
     bpc = sum(b for b, _ in scored) / sum(n for _, n in scored)
     return {"order": order, "test_bpc": bpc, "test_ppl": 2**bpc, "discounts": model.discounts}
+
+
+def floor(data: dict[str, Any], data_dir: str | Path, order: int = 5) -> dict[str, Any]:
+    """The Kneser-Ney test bpc of the corpus that the ``data`` settings prepare (``data_dir``), cached beside
+    the prepared corpus as ``kn<order>.json``; ``corpus`` names the prepared corpus."""
+    from tangshi.atomic import write_json
+    from tangshi.corpus import CorpusConfig, prepare
+
+    prepared = prepare(CorpusConfig.from_data(data), Path(data_dir))
+    cache = prepared.path / f"kn{order}.json"
+    if cache.exists():
+        result = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        result = baseline(prepared.splits["train"], prepared.splits["test"], prepared.vocab, order)
+        write_json(cache, result)
+    return {"corpus": prepared.path.name, **result}

@@ -86,7 +86,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     log.info("stopping rule: %s", stopping.describe(trainer))
     # The record: every setting as used (not as spelled), and where it ran.
     config = plain(cfg)
-    config.update(model=model_cfg, optim=optim)
+    config.update(model={**model_cfg, "param_budget": cfg.model.get("param_budget")}, optim=optim)
     config["trainer"]["precision"] = str(trainer.precision)
     config["ckpt_path"] = ckpt_path
     summary.update(config=config, environment=record.environment(cfg.trainer.get("accelerator")))
