@@ -40,14 +40,29 @@ def format_run_summary(summary: dict[str, Any]) -> str:
             "after start"
         )
     if summary.get("poems"):
-        from tangshi.poem_sets import summary_lines
-
         seconds = summary["poems"].get("seconds", 0.0)
         lines.append(f'poems:    {summary["poems"]["n"]} per set, scored in {seconds:.0f} s (metrics.json "poems")')
-        lines += [f"  {line}" for line in summary_lines(summary["poems"])]
+        lines += [f"  {line}" for line in poem_set_lines(summary["poems"])]
     if summary.get("samples"):
         lines += ["samples:", *(f"  {p}" for p in summary["samples"])]
     return "\n".join(lines)
+
+
+def poem_set_lines(measured: dict[str, Any]) -> list[str]:
+    """One line per poem set (:mod:`tangshi.poem_sets`) for people:
+    ``free: rhymes 54 % [47–61 %] of 180 well-formed (90 % of 200); …``."""
+    lines = []
+    for name, s in measured.items():
+        if not isinstance(s, dict) or "rhyme_ci" not in s:
+            continue
+        lo, hi = s["rhyme_ci"]
+        ci = f" [{100 * lo:.0f}–{100 * hi:.0f} %]" if s["well_formed_n"] else ""
+        lines.append(
+            f"{name}: rhymes {100 * s['rhyme']:.0f} %{ci} of {s['well_formed_n']} well-formed "
+            f"({100 * s['well_formed']:.0f} % of {s['n']}); echoed rhyme {100 * s['repeated_rhyme']:.0f} %, "
+            f"平仄 kept {100 * s['tone_ok']:.0f} %, distinct-2 {s['distinct_2']:.2f}"
+        )
+    return lines
 
 
 def print_run_summary(summary: dict[str, Any]) -> None:

@@ -81,23 +81,6 @@ def references(prepared: Prepared, n: int = 200, seed: int = 0) -> dict[str, Any
     return {"real held-out poems": score(real), "random characters in form": score(random_in_form(prepared, n, seed))}
 
 
-def summary_lines(measured: dict[str, Any]) -> list[str]:
-    """One line per set for people: ``free: rhymes 54 % [47–61 %] of 180 well-formed (90 % of 200) …``."""
-    lines = []
-    for name in SETS:
-        s = measured.get(name)
-        if not s:
-            continue
-        lo, hi = s["rhyme_ci"]
-        ci = f" [{100 * lo:.0f}–{100 * hi:.0f} %]" if s["well_formed_n"] else ""
-        lines.append(
-            f"{name}: rhymes {100 * s['rhyme']:.0f} %{ci} of {s['well_formed_n']} well-formed "
-            f"({100 * s['well_formed']:.0f} % of {s['n']}); echoed rhyme {100 * s['repeated_rhyme']:.0f} %, "
-            f"平仄 kept {100 * s['tone_ok']:.0f} %, distinct-2 {s['distinct_2']:.2f}"
-        )
-    return lines
-
-
 def markdown(measured: dict[str, Any], refs: dict[str, Any] | None = None) -> list[str]:
     """The sets (and the reference rows) as a Markdown table."""
     rows = [(f"model: {name}", measured[name]) for name in SETS if name in measured]
