@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from tangshi import checkpoint
 from tangshi.analysis import analyse, to_markdown, write_report
-from tangshi.config import plain, quote_non_ascii
+from tangshi.config import quote_non_ascii, to_plain
 from tangshi.errors import reported
 from tangshi.gradflow import read_history
 
@@ -23,7 +23,7 @@ from tangshi.gradflow import read_history
 def main(cfg: DictConfig) -> None:
     with reported():
         loaded = checkpoint.load(cfg.ckpt, device=cfg.device)
-        prepared = checkpoint.prepared_data(loaded, plain(cfg.data), cfg.paths.data_dir)
+        prepared = checkpoint.prepared_data(loaded, to_plain(cfg.data), cfg.paths.data_dir)
         result = analyse(
             loaded,
             prepared,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from tangshi import bench, checkpoint
 from tangshi.atomic import write_json, write_text
-from tangshi.config import default_threads, plain, register_resolvers
+from tangshi.config import default_threads, register_resolvers, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.errors import reported
 from tangshi.model import resolve_budget
@@ -29,7 +29,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     with reported():
         torch.set_num_threads(int(cfg.threads or default_threads(torch.get_num_threads())))
-        dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir)
+        dm = PoemDataModule.from_config(to_plain(cfg.data), cfg.paths.data_dir)
         dm.prepare_data()
         settings = bench.BenchSettings(
             cells=list(cfg.cells),
@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
         result = bench.run(
             settings,
             dm.prepared,  # type: ignore[arg-type]
-            resolve_budget(plain(cfg.model)),
+            resolve_budget(to_plain(cfg.model)),
             dm.corpus,
             Path(cfg.paths.data_dir),
             startup_overrides=passed_on,

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tangshi import checkpoint
-from tangshi.config import plain, quote_non_ascii
+from tangshi.config import quote_non_ascii, to_plain
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError, reported
 from tangshi.formatting import format_samples
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
     with reported():
         if cfg.format not in ("text", "json"):
             raise TangshiError(f"unknown format {cfg.format!r}; allowed: text, json")
-        settings = SamplingConfig(**{k: v for k, v in plain(cfg).items() if k not in OWN_KEYS})
+        settings = SamplingConfig(**{k: v for k, v in to_plain(cfg).items() if k not in OWN_KEYS})
         path = cfg.ckpt or checkpoint.shipped_path(cfg.cell)
         loaded = checkpoint.load(path, device=cfg.device)
         poems = sample(loaded.model, loaded.vocab, settings)

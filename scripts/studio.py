@@ -9,7 +9,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves thi
 import hydra
 from omegaconf import DictConfig
 
-from tangshi.config import plain, quote_non_ascii
+from tangshi.config import quote_non_ascii, to_plain
 from tangshi.errors import TangshiError, reported
 from tangshi.studio import Models, build, launch, model_choices
 
@@ -21,8 +21,8 @@ def main(cfg: DictConfig) -> None:
             import gradio  # noqa: F401
         except ImportError:
             raise TangshiError("the studio needs Gradio: pip install -e '.[demo]' (make demo does it)") from None
-        models = Models(model_choices(plain(cfg.ckpts), cfg.sweep))
-        default = plain(cfg.models) or plain(cfg.ckpts) or list(models.choices)[:3]
+        models = Models(model_choices(to_plain(cfg.ckpts), cfg.sweep))
+        default = to_plain(cfg.models) or to_plain(cfg.ckpts) or list(models.choices)[:3]
         for name in default:
             models.get(name)  # load once, now: a bad path is one line before the page starts
         app = build(models, default)

@@ -61,7 +61,10 @@ def test_begin_outside_the_vocabulary_is_named(model):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n": 0}, "n must be >= 1"),
+        ({"n": 0}, "n must be between 1 and 256, got 0"),
+        ({"n": 100000}, "n must be between 1 and 256, got 100000"),
+        ({"beam": 100000}, "beam must be between 0 \\(sampling\\) and 64, got 100000"),
+        ({"max_len": 10**6}, "max_len must be at most 512 characters, got 1000000"),
         ({"temperature": -1}, "temperature must be >= 0"),
         ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
         ({"top_k": -2}, "top_k must be >= 0"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CORES, IGNORE_INDEX, CharLM, core_params, hidden_for_budget, resolve_budget
+from tangshi.model import CELLS, IGNORE_INDEX, CharLM, core_params, hidden_for_budget, resolve_budget
 
 V = 50
 
@@ -17,11 +17,11 @@ def _batch(b=3, t=9, seed=0):
 
 
 @pytest.mark.parametrize("head", ["full", "adaptive"])
-@pytest.mark.parametrize("cell", list(CORES))
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_each_cell_runs_forward_and_backward(cell, head):
     torch.manual_seed(0)
     m = CharLM(V, cell=cell, embed_dim=16, hidden_size=24, num_layers=2, head=head, adaptive_cutoffs=[10, 30])
-    assert isinstance(m.core, CORES[cell])
+    assert isinstance(m.core, CELLS[cell])
     x, y = _batch()
     feats, _ = m(x)
     assert feats.shape == (3, 9, 24)
@@ -46,7 +46,7 @@ def _states_equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("out_dim", [None, 12])
-@pytest.mark.parametrize("cell", list(CORES))
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_stepping_reproduces_the_parallel_pass(cell, out_dim):
     # Decoding steps one token at a time (the step kernels, the sequential minimal cells, a key/value cache);
     # it must give what the parallel pass (fused core, scan, causal attention) gives, state included.
@@ -70,7 +70,7 @@ def test_stepping_reproduces_the_parallel_pass(cell, out_dim):
 
 
 @pytest.mark.parametrize("head", ["full", "adaptive"])
-@pytest.mark.parametrize("cell", list(CORES))
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_padding_content_cannot_change_the_loss(cell, head):
     torch.manual_seed(0)
     m = CharLM(V, cell=cell, embed_dim=8, hidden_size=32, num_layers=1, head=head, adaptive_cutoffs=[10, 30]).eval()
@@ -144,7 +144,7 @@ def test_bad_settings_are_one_clear_error(kwargs, message):
 @pytest.mark.parametrize("budget", [200_000, 691_200, 1_500_000, 5_000_000])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_param_budget_matches_every_cell_within_two_percent(budget, layers):
-    for cell in CORES:
+    for cell in CELLS:
         settings = resolve_budget({"cell": cell, "embed_dim": 128, "num_layers": layers, "param_budget": budget})
         core = CharLM(50, **settings).param_counts()["core"]  # counted from the built module, not the formula
         assert core == core_params(cell, 128, settings["hidden_size"], layers, mlp_width=settings.get("mlp_width"))

@@ -2,11 +2,16 @@
 compare.py's report of it."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
-from .conftest import TINY, run_script
+from .conftest import ROOT, TINY, run_script
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +55,50 @@ def test_a_search_stores_its_trials_and_best_in_the_sweep_dir(search):
     assert set(best["best_params"]) == {"optim.lr", "optim.weight_decay", "model.dropout"}
 
 
-def test_a_killed_search_resumes_from_its_study(search):
+def test_a_search_rerun_with_more_trials_runs_only_the_missing_ones(search):
     sweep, args = search
     # the same command with the same sweep dir: the study is loaded, only the missing trial runs, in a new dir
     done = run_script("train.py", *args, "hydra.sweeper.n_trials=4")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming study search_gru: 3 of 4 trials done" in done.stderr + done.stdout
     assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE"] * 4
+    assert sorted(p.name for p in sweep.glob("*_gru")) == ["0_gru", "1_gru", "2_gru", "3_gru"]
+
+
+def test_a_killed_search_resumes_from_its_study(tmp_path):
+    # kill -9 the search while its second trial trains: the study is left with that trial RUNNING for ever
+    sweep = tmp_path / "search"
+    tiny = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check_interval", "optim.lr"))]
+    args = [
+        "hparams_search=gru_optuna",
+        *tiny,
+        "search_poems=1600",  # 100 steps of 16 poems: long enough to be killed in the middle
+        "trainer.val_check_interval=50",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "hydra.sweeper.n_trials=3",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    try:
+        deadline = time.time() + 240
+        while not (sweep / "1_gru" / "metrics.json").exists():
+            assert proc.poll() is None and time.time() < deadline, "the search ended before its second trial"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE", "RUNNING"]
+    # rerun as it was: the interrupted trial is marked failed, and the two missing trials run in new dirs
+    done = run_script("train.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming study search_gru: 1 of 3 trials done" in done.stderr + done.stdout
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert sorted(p.name for p in sweep.glob("*_gru")) == ["0_gru", "1_gru", "2_gru", "3_gru"]
 
 

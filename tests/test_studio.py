@@ -197,3 +197,43 @@ def test_two_tabs_both_get_their_poems_and_a_long_generation_stops(studio, brows
     assert len(_poems(page, 2)) == 0
     for p in pages:
         p.close()
+
+
+@pytest.mark.browser
+def test_hostile_sizes_through_the_api_get_one_line_and_the_server_lives_on(studio):
+    """What a user of the page's API can send: each size past its bound gets one line naming the bound (from
+    the page's control or from the decoder and scorer behind it), and the server still answers afterwards. The
+    old code let beam=100000 take the server to 24 GB and the kernel killed it."""
+    from gradio_client import Client
+
+    url, picks = studio
+    client = Client(url, verbose=False)
+    controls = {
+        "form": "wuyan_jueju",
+        "begin": "",
+        "acrostic": "",
+        "rhyme": False,
+        "tone": False,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "penalty": 0.0,
+        "beam": 0,
+        "n": 1,
+        "seed": 0,
+    }
+
+    def answer(api: str, *args) -> str:
+        try:
+            return str(client.predict(*args, api_name=api)[0])
+        except Exception as e:  # the page's own check of a control's bound answers as an error
+            return str(e)
+
+    hostile = [({"beam": 100_000}, "64"), ({"n": 100_000}, "256"), ({"beam": 65, "n": 1}, "64")]
+    for changes, bound in hostile:
+        started = time.time()
+        out = answer("/generate", picks[0], "", "", *{**controls, **changes}.values())
+        assert bound in out and 'class="poem"' not in out and time.time() - started < 60, out
+    out = answer("/score_text", picks[0], "", "", "白" * 100_000)
+    assert "2,000" in out and "surprise" not in out, out[:300]
+    # and the server still writes poems
+    assert answer("/generate", picks[0], "", "", *controls.values()).count('class="poem"') == 1

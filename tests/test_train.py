@@ -18,10 +18,10 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tangshi import checkpoint
 from tangshi.batches import PoemDataset, collate
 from tangshi.checkpoint import CheckpointError
-from tangshi.config import plain
+from tangshi.config import to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.errors import TangshiError
-from tangshi.model import CORES
+from tangshi.model import CELLS
 from tangshi.module import PoemLM, resolve_lr
 from tangshi.train import train
 
@@ -30,16 +30,16 @@ from .conftest import ROOT, TINY, run_script
 
 def _initial_val_loss(cfg) -> float:
     """Validation loss of the freshly initialised model, built as train() builds it."""
-    dm = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
+    dm = PoemDataModule.from_config(to_plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     dm.prepare_data()
     dm.setup("fit")
     L.seed_everything(cfg.seed)
-    module = PoemLM(plain(cfg.model), plain(cfg.optim), dm.vocab.to_dict())
+    module = PoemLM(to_plain(cfg.model), to_plain(cfg.optim), dm.vocab.to_dict())
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/loss"]
 
 
-@pytest.mark.parametrize("cell", list(CORES))
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
     cfg = compose_train(f"model.cell={cell}")
     before = _initial_val_loss(cfg)
@@ -218,9 +218,9 @@ def test_scaling_carries_each_cells_rate_to_larger_cores_by_its_own_rule():
     expected = {200_000: {"rnn": 5e-3, "lstm": 2e-2, "gru": 1e-2}, 800_000: {"rnn": 2.5e-3, "lstm": 2e-2, "gru": 1e-2}}
     for budget, rates in expected.items():
         for cell, lr in rates.items():
-            assert resolve_lr(plain(cfg.optim), cell, budget)["lr"] == pytest.approx(lr)
+            assert resolve_lr(to_plain(cfg.optim), cell, budget)["lr"] == pytest.approx(lr)
     with pytest.raises(TangshiError, match="lr_by_size_exponent has no exponent for cell 'mingru'"):
-        resolve_lr({**plain(cfg.optim), "lr_by_cell": None}, "mingru", 800_000)
+        resolve_lr({**to_plain(cfg.optim), "lr_by_cell": None}, "mingru", 800_000)
 
 
 def test_scripts_train_then_sample_in_fresh_processes(tmp_path):
@@ -302,11 +302,18 @@ def test_bf16_mixed_precision_trains_both_heads(compose_train, head):
     assert summary["precision"] == "bf16-mixed"
 
 
-def test_cpu_precision_follows_the_hardware(compose_train):
-    from tangshi.config import cpu_has_amx
+def test_cpu_precision_follows_the_hardware(compose_train, tmp_path):
+    from tangshi.config import cpu_precision
 
-    cfg = compose_train()
-    assert cfg.trainer.precision == ("bf16-mixed" if cpu_has_amx() else "32-true")
+    # two CPUs described by hand, /proc/cpuinfo style: a Sapphire Rapids core with AMX, an EPYC without
+    amx, epyc = tmp_path / "amx", tmp_path / "epyc"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile amx_int8\n", encoding="utf-8")
+    epyc.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n", encoding="utf-8")
+    assert cpu_precision(str(amx)) == "bf16-mixed" and cpu_precision(str(epyc)) == "32-true"
+    assert cpu_precision(str(tmp_path / "missing")) == "32-true"
+    # and a run trains in the precision its config names, and records the one Lightning ran
+    summary = train(compose_train("trainer.max_steps=2"))
+    assert summary["config"]["trainer"]["precision"] == summary["precision"] == cpu_precision()
 
 
 @pytest.mark.slow

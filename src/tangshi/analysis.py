@@ -28,6 +28,7 @@ from tangshi.batches import PoemDataset, collate
 from tangshi.checkpoint import Loaded
 from tangshi.corpus import Prepared
 from tangshi.decoding import SamplingConfig, sample
+from tangshi.errors import TangshiError
 from tangshi.formatting import markdown_table
 from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
 from tangshi.model import CharLM
@@ -36,6 +37,7 @@ from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, spl
 from tangshi.vocab import Vocab
 
 CLASSES = ("rhyme", "line_start", "other", "punct")
+MAX_SCORED_CHARS = 2000  # one text scored by surprisal: a long poem is 128 characters
 BEGINS = "春山月风花江秋云"  # one begin character per slice of each constrained set
 COLUMNS = (
     "well_formed",
@@ -99,7 +101,10 @@ def split_loss(model: CharLM, vocab: Vocab, bodies: Sequence[str]) -> dict[str, 
 
 def surprisal(model: CharLM, vocab: Vocab, text: str) -> list[tuple[str, float]]:
     """Each character of ``text`` with the model's surprisal for it in bits (−log₂ p given what precedes it),
-    then ``<eos>``'s. Characters outside the vocabulary are scored as ``<unk>``."""
+    then ``<eos>``'s. Characters outside the vocabulary are scored as ``<unk>``. At most
+    :data:`MAX_SCORED_CHARS` characters (100,000 pasted characters held a studio worker for 51 s)."""
+    if len(text) > MAX_SCORED_CHARS:
+        raise TangshiError(f"the text has {len(text):,} characters; at most {MAX_SCORED_CHARS:,} are scored at once")
     nll = token_scores(model, vocab, [text]).nll[0]
     return [(c, float(x) / math.log(2)) for c, x in zip([*text, "<eos>"], nll, strict=True)]
 

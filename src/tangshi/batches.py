@@ -87,9 +87,9 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _all_batches(self) -> list[list[int]]:
         n = len(self.lengths)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.shuffle:
-            order = torch.randperm(n, generator=g).tolist()
+            order = torch.randperm(n, generator=generator).tolist()
             pools = [order[i : i + self.pool] for i in range(0, n, self.pool)]
         else:
             pools = [list(range(n))]
@@ -102,7 +102,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             b = batches.pop(biggest)
             batches += [b[: len(b) // 2], b[len(b) // 2 :]]
         if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -3,8 +3,7 @@
 The machines this runs on are shared and noisy, so each comparison is a ratio of measurements taken in the
 same process on the same batches, alternating the sides (``reps`` rounds) and keeping the median. Throughput
 counts real tokens only (not padding), from the first step after ``warmup`` to the end of the last.
-``scripts/bench.py`` runs :func:`run`; one-off experiments that settled a default (softmax head, batching,
-threads, torch.compile) live in ``scripts/bench_options.py``, outside the package.
+``scripts/bench.py`` runs :func:`run`.
 """
 
 from __future__ import annotations

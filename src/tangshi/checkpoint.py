@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CORES, CharLM, build_model
+from tangshi.model import CELLS, CharLM, build_model
 from tangshi.vocab import Vocab, VocabError
 
 if TYPE_CHECKING:
@@ -95,8 +95,8 @@ def shipped_path(cell: str) -> Path:
 
 
 def shipped_models() -> dict[str, Path]:
-    """The shipped checkpoints by cell, in the order of ``model.CORES`` (rnn, lstm, gru, …)."""
-    paths = {cell: SHIPPED / f"{cell}{SHIPPED_SUFFIX}" for cell in CORES}
+    """The shipped checkpoints by cell, in the order of ``model.CELLS`` (rnn, lstm, gru, …)."""
+    paths = {cell: SHIPPED / f"{cell}{SHIPPED_SUFFIX}" for cell in CELLS}
     return {cell: path for cell, path in paths.items() if path.is_file()}
 
 

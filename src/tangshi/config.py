@@ -13,19 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 RUN_TAG = f"{os.getpid():x}{secrets.token_hex(2)}"
 
 
-def cpu_has_amx() -> bool:
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX bf16 tile instructions (Linux ``/proc/cpuinfo`` flag ``amx_bf16``)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
     except OSError:
         return False
 
 
-def cpu_precision() -> str:
+def cpu_precision(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU training precision that measured fastest at an equal loss per step: bf16 autocast where the CPU
-    has AMX (README, Performance: 1.3-1.65x for the LSTM), float32 elsewhere (bf16 was slower without AMX)."""
-    return "bf16-mixed" if cpu_has_amx() else "32-true"
+    has AMX (docs/performance.md: 1.48x for the LSTM), float32 elsewhere (bf16 was slower without AMX)."""
+    return "bf16-mixed" if cpu_has_amx(cpuinfo) else "32-true"
 
 
 def register_resolvers() -> None:
@@ -51,7 +51,7 @@ def command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
-def plain(cfg: DictConfig | Any) -> Any:
+def to_plain(cfg: DictConfig | Any) -> Any:
     """A resolved copy made of dicts, lists and scalars (a DictConfig inside a checkpoint breaks weights_only)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 

@@ -22,10 +22,15 @@ from torch import Tensor
 
 from tangshi.errors import TangshiError
 from tangshi.model import CharLM
-from tangshi.poetics import FORMS, LINE_PUNCT, PING, ZE, Phonology, is_hanzi, key_positions, phonology
+from tangshi.poetics import FALLBACK, FORMS, LINE_PUNCT, PING, ZE, Phonology, is_hanzi, key_positions, phonology
 from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
 COMMA, STOP = "，", "。"
+# Bounds on what one request may ask for: a beam or a batch of rows costs memory in proportion (beam=100000 took
+# a studio server to 24 GB and the kernel killed it). The studio's controls show the same bounds.
+MAX_POEMS = 256
+MAX_BEAM = 64
+MAX_CHARS = 512  # max_len: the corpus's longest poem is 128 characters
 _DONE = 1 << 30  # line number of a finished poem
 
 
@@ -56,8 +61,8 @@ class SamplingConfig:
         for name in ("begin", "acrostic"):
             value = getattr(self, name)
             object.__setattr__(self, name, "" if value is None else str(value))
-        if self.n < 1:
-            raise TangshiError(f"n must be >= 1, got {self.n}")
+        if not 1 <= self.n <= MAX_POEMS:
+            raise TangshiError(f"n must be between 1 and {MAX_POEMS}, got {self.n}")
         if self.temperature < 0:
             raise TangshiError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -69,8 +74,8 @@ class SamplingConfig:
                 f"repetition_penalty must be >= 0 (nats taken from repeated characters; 0 means none), "
                 f"got {self.repetition_penalty}"
             )
-        if self.beam < 0:
-            raise TangshiError(f"beam must be >= 0 (0 means sampling), got {self.beam}")
+        if not 0 <= self.beam <= MAX_BEAM:
+            raise TangshiError(f"beam must be between 0 (sampling) and {MAX_BEAM}, got {self.beam}")
         if self.beam_groups is not None and not 1 <= self.beam_groups <= max(self.beam, self.n):
             raise TangshiError(
                 f"beam_groups must be between 1 and the number of beams, max(beam, n) = {max(self.beam, self.n)}, "
@@ -85,6 +90,8 @@ class SamplingConfig:
                 raise TangshiError(f"acrostic character {c!r} is not allowed: an acrostic is Chinese characters only")
         if self.max_len < max(1, len(self.begin)):
             raise TangshiError(f"max_len must be >= 1 and >= the length of begin, got {self.max_len}")
+        if self.max_len > MAX_CHARS:
+            raise TangshiError(f"max_len must be at most {MAX_CHARS} characters, got {self.max_len}")
         if self.form is not None and self.form not in FORMS:
             raise TangshiError(f"unknown form {self.form!r}; allowed: {', '.join(FORMS)}")
         if (self.rhyme or self.tone) and self.form is None:
@@ -188,13 +195,17 @@ class Constraints:
             for c in (c for i, c in enumerate(vocab.itos) if self.chars[i]):
                 for cat in self.phon.categories(c):
                     size[cat] = size.get(cat, 0) + 1
-            self.roomy = frozenset(cat for cat, k in size.items() if k >= rhymes)
-            if cfg.rhyme and not self.roomy:
+            self.open_categories = frozenset(
+                cat
+                for cat, k in size.items()
+                if k >= rhymes and not cat.startswith(FALLBACK)  # 平水韵 only
+            )
+            if cfg.rhyme and not self.open_categories:
                 raise TangshiError(
                     f"no 平水韵 level-tone category has {rhymes} characters in the model's vocabulary, so it cannot "
                     f"rhyme a {cfg.form}"
                 )
-            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c) & self.roomy))  # type: ignore[union-attr]
+            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c) & self.open_categories))  # type: ignore[union-attr]
             self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
         self.device = device
         self.rows: list[_Row] = []
@@ -306,7 +317,7 @@ class Constraints:
                     r.opening = ZE if tones == frozenset({ZE}) else PING
                 if r.line % 2 == 1 and r.col == form.chars_per_line - 1:
                     # narrow to the categories every rhyme so far shares (还 is in both 删 and 先)
-                    cats = self.phon.categories(char) & self.roomy
+                    cats = self.phon.categories(char) & self.open_categories
                     r.cats = cats if r.cats is None else (r.cats & cats) or r.cats
                     r.used.add(t)
             r.col += 1

@@ -24,7 +24,7 @@ from tangshi.transformer import POSITIONS, TransformerCore
 if TYPE_CHECKING:
     from tangshi.vocab import Vocab
 
-CORES: dict[str, type[nn.Module]] = {
+CELLS: dict[str, type[nn.Module]] = {
     "rnn": RNNCore,
     "lstm": LSTMCore,
     "gru": GRUCore,
@@ -32,7 +32,6 @@ CORES: dict[str, type[nn.Module]] = {
     "minlstm": MinLSTMCore,
     "transformer": TransformerCore,
 }
-CLASSIC = ("rnn", "lstm", "gru")  # the three cells the project compares first
 HEADS = ("full", "adaptive")
 IGNORE_INDEX = -100  # target value at padded positions
 
@@ -54,8 +53,8 @@ def check_config(
     **_: object,
 ) -> None:
     """Raise one clear error for a model setting CharLM cannot build (cheap: call before heavy work)."""
-    if cell not in CORES:
-        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CORES)}")
+    if cell not in CELLS:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
     if head not in HEADS:
         raise TangshiError(f"unknown model.head {head!r}; allowed: {', '.join(HEADS)}")
     for name, value in (
@@ -148,7 +147,7 @@ class CharLM(nn.Module):
 
         # Construction order fixes the initial weights under a seed: keep it (embedding, core, projection, head).
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.core = CORES[cell](
+        self.core = CELLS[cell](
             embed_dim, hidden_size, num_layers, dropout, **_core_kwargs(cell, heads, positions, mlp_width)
         )
         self.drop = nn.Dropout(dropout)
@@ -253,9 +252,9 @@ def _float32(t: Tensor) -> torch.autocast:
 def core_params(cell: str, input_size: int, hidden_size: int, num_layers: int, **settings: Any) -> int:
     """Parameters of a ``cell`` core of ``num_layers`` layers of ``hidden_size`` over ``input_size`` inputs
     (``settings``: the transformer's ``heads``, ``positions`` and ``mlp_width``; other cells ignore them)."""
-    if cell not in CORES:
-        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CORES)}")
-    return CORES[cell].count_params(  # type: ignore[attr-defined]
+    if cell not in CELLS:
+        raise TangshiError(f"unknown model.cell {cell!r}; allowed: {', '.join(CELLS)}")
+    return CELLS[cell].count_params(  # type: ignore[attr-defined]
         input_size, hidden_size, num_layers, **(settings if cell == "transformer" else {})
     )
 
@@ -317,8 +316,8 @@ def resolve_budget(model_cfg: dict) -> dict:
     cfg = dict(model_cfg)
     budget = cfg.pop("param_budget", None)
     if budget is not None:
-        if cfg.get("cell") not in CORES:  # named before any budget arithmetic
-            raise TangshiError(f"unknown model.cell {cfg.get('cell')!r}; allowed: {', '.join(CORES)}")
+        if cfg.get("cell") not in CELLS:  # named before any budget arithmetic
+            raise TangshiError(f"unknown model.cell {cfg.get('cell')!r}; allowed: {', '.join(CELLS)}")
         cfg.update(
             settings_for_budget(
                 cfg["cell"],

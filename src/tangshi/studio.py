@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tangshi import checkpoint
-from tangshi.analysis import CLASSES, position_classes, surprisal
+from tangshi.analysis import CLASSES, MAX_SCORED_CHARS, position_classes, surprisal
 from tangshi.checkpoint import Loaded
-from tangshi.decoding import SamplingConfig, sample
+from tangshi.decoding import MAX_BEAM, MAX_POEMS, SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.poetics import FORMS, LINE_PUNCT, PING, TONE_RULES, ZE, Phonology, phonology, score_poem, tone_faults
 
@@ -260,8 +260,17 @@ def build(models: Models, default: list[str]) -> Any:
                 top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="top-p")
                 penalty = gr.Slider(0, 3, value=0.0, step=0.1, label="repetition penalty (nats)")
             with gr.Row():
-                beam = gr.Number(0, precision=0, label="beam (0: sampling)", elem_id="beam")
-                n = gr.Number(3, precision=0, minimum=1, maximum=16, label="poems per model", elem_id="n")
+                beam = gr.Number(
+                    0,
+                    precision=0,
+                    minimum=0,
+                    maximum=MAX_BEAM,
+                    label=f"beam (0: sampling; ≤ {MAX_BEAM})",
+                    elem_id="beam",
+                )
+                n = gr.Number(
+                    3, precision=0, minimum=1, maximum=MAX_POEMS, label=f"poems per model (≤ {MAX_POEMS})", elem_id="n"
+                )
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -273,7 +282,13 @@ def build(models: Models, default: list[str]) -> Any:
             with gr.Row():
                 columns = [gr.HTML(elem_id=f"poems-{i}") for i in range(MAX_MODELS)]
         with gr.Tab("Surprise"):
-            text = gr.Textbox(EXAMPLE, lines=4, label="any text: a real poem, or a generated one", elem_id="text")
+            text = gr.Textbox(
+                EXAMPLE,
+                lines=4,
+                max_length=MAX_SCORED_CHARS,
+                label=f"any text: a real poem, or a generated one (≤ {MAX_SCORED_CHARS:,} characters)",
+                elem_id="text",
+            )
             score = gr.Button("Score", variant="primary", elem_id="score")
             gr.HTML('<div class="meta">Darker red: more bits of surprisal. Outlined: rhyme positions.</div>')
             with gr.Row():

@@ -21,14 +21,14 @@ from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
-from tangshi.config import command_line_keys, cpu_has_amx, default_threads, plain
+from tangshi.config import command_line_keys, cpu_has_amx, default_threads, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
 
 log = logging.getLogger(__name__)
-CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
+CPU_CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
 
 
 def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]:
@@ -60,15 +60,15 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
                 Path(ckpt_path).name if ckpt_path != "last" else "last.ckpt",
             )
     # Settings errors surface here, in one line, before any data is read.
-    check_config(**plain(cfg.model))
-    model_cfg = resolve_budget(plain(cfg.model))
-    optim = resolve_lr(plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
+    check_config(**to_plain(cfg.model))
+    model_cfg = resolve_budget(to_plain(cfg.model))
+    optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
     log.info("learning rate: %g", optim["lr"])
-    datamodule = PoemDataModule.from_config(plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
-    SamplingConfig(**plain(cfg.samples))
+    datamodule = PoemDataModule.from_config(to_plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
+    SamplingConfig(**to_plain(cfg.samples))
     devices = cfg.trainer.get("devices")
     processes = devices if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
-    torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CORES, processes)))
+    torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CPU_CORES, processes)))
 
     stopping = StoppingRule(parse_duration(time_limit(cfg)))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -85,7 +85,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     log.info("precision: %s%s", trainer.precision, " (this CPU has AMX)" if cpu_has_amx() else "")
     log.info("stopping rule: %s", stopping.describe(trainer))
     # The record: every setting as used (not as spelled), and where it ran.
-    config = plain(cfg)
+    config = to_plain(cfg)
     config.update(model={**model_cfg, "param_budget": cfg.model.get("param_budget")}, optim=optim)
     config["trainer"]["precision"] = str(trainer.precision)
     config["ckpt_path"] = ckpt_path
@@ -99,8 +99,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             model=model_cfg,
             optim=optim,
             vocab=datamodule.vocab.to_dict(),
-            samples=plain(cfg.samples),
-            data=plain(cfg.data),
+            samples=to_plain(cfg.samples),
+            data=to_plain(cfg.data),
             poetics_samples=int(cfg.get("poetics_samples", 0)),
         )
         summary["params"] = module.model.param_counts()
@@ -158,7 +158,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
                 summary["poems"] = poem_sets.measure(loaded.model, loaded.vocab, int(cfg.poem_sets))
                 log_poems(trainer, summary["poems"])
             if cfg.get("final_samples", 0):
-                final = SamplingConfig(**{**plain(cfg.samples), "n": int(cfg.final_samples)})
+                final = SamplingConfig(**{**to_plain(cfg.samples), "n": int(cfg.final_samples)})
                 summary["samples"] = sample(loaded.model, loaded.vocab, final)
                 write_text(run_dir / "samples.txt", "".join(p + "\n" for p in summary["samples"]))
         summary["status"] = "completed"
