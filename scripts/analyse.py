@@ -19,6 +19,14 @@ from tangshi.errors import reported
 from tangshi.gradflow import read_history
 
 
+def default_out_dir(ckpt: Path, log_dir: Path) -> Path:
+    """``<run dir>/analysis`` for a run's checkpoint; ``outputs/analysis/<name>`` for any other file (a shipped
+    model), never beside it in the package."""
+    if ckpt.parent.name == "checkpoints" and (ckpt.parent.parent / "metrics.json").exists():
+        return ckpt.parent.parent / "analysis"
+    return log_dir / "analysis" / ckpt.name.split(".")[0]
+
+
 @hydra.main(config_path="../conf", config_name="analyse", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported():
@@ -33,9 +41,10 @@ def main(cfg: DictConfig) -> None:
             poems=cfg.poems,
             poem_sets=cfg.poem_sets,
         )
-    run_dir = Path(cfg.ckpt).resolve().parent.parent
+    ckpt = Path(cfg.ckpt).resolve()
+    run_dir = ckpt.parent.parent
     history = read_history(run_dir / "diagnostics" / "gradient_flow.json")
-    written = write_report(result, history, Path(cfg.out_dir or run_dir / "analysis"))
+    written = write_report(result, history, Path(cfg.out_dir or default_out_dir(ckpt, Path(cfg.paths.log_dir))))
     print(to_markdown(result, history).split("\n## ")[0])
     print("wrote " + ", ".join(str(p) for p in written))
 

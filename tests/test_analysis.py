@@ -71,14 +71,42 @@ def test_analyse_script_writes_json_markdown_and_figures(tiny_checkpoint, tmp_pa
         "analyse.py",
         f"ckpt={tiny_checkpoint}",
         "n=8",
+        "poem_sets=12",
         f"out_dir={tmp_path}",
         f"paths.data_dir={prepared.path.parents[1]}",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads((tmp_path / "analysis.json").read_text(encoding="utf-8"))
     assert data["test"]["bpc"] > 0 and "model: free" in data["poetics"]
-    assert "| real held-out poems (regular forms) |" in (tmp_path / "analysis.md").read_text(encoding="utf-8")
+    assert data["poem_sets"]["wuyan_jueju"]["n"] == 12 and data["poem_sets"]["wuyan_jueju"]["well_formed"] == 1.0
+    text = (tmp_path / "analysis.md").read_text(encoding="utf-8")
+    assert "| real held-out poems (regular forms) |" in text and "| model: qiyan_jueju | 12 |" in text
     assert {"gradient_flow.png", "loss_by_position.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_analysing_a_file_outside_a_run_writes_under_outputs(tiny_checkpoint, tmp_path, prepared):
+    # a checkpoint that is not in a run dir, as the shipped models are: the old code wrote beside it, into the
+    # package (src/tangshi/analysis/)
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "gru.ckpt").write_bytes(tiny_checkpoint.read_bytes())
+    out = run_script(
+        "analyse.py",
+        f"ckpt={package / 'gru.ckpt'}",
+        "n=0",
+        "poem_sets=0",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={prepared.path.parents[1]}",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "outputs" / "analysis" / "gru" / "analysis.json").exists()
+    assert not (tmp_path / "analysis").exists() and [p.name for p in package.iterdir()] == ["gru.ckpt"]
+
+
+def test_a_text_too_long_to_score_is_one_line(tiny_checkpoint):
+    loaded = checkpoint.load(tiny_checkpoint)
+    with pytest.raises(TangshiError, match="the text has 100,000 characters; at most 2,000 are scored at once"):
+        surprisal(loaded.model, loaded.vocab, "白" * 100_000)
 
 
 def test_analysing_data_with_another_vocabulary_is_refused(tiny_checkpoint, tmp_path, corpus_config):

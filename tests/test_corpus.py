@@ -174,8 +174,21 @@ def test_missing_malformed_and_empty_corpora(tmp_path):
     empty.write_text("", encoding="utf-8")
     with pytest.raises(CorpusError, match="the corpus is empty"):
         prepare(CorpusConfig(source="jsonl", path=str(empty)), tmp_path)
-    with pytest.raises(CorpusError, match="empty after filtering"):
+    with pytest.raises(CorpusError, match="a split is empty after filtering"):
         prepare(CorpusConfig(source="chinese_poetry", path=str(FIXTURE), min_len=1000, max_len=2000), tmp_path)
+    # a test split that comes out empty: the old code went on and ended in IndexError in vocab.encode_many
+    few = tmp_path / "few.jsonl"
+    few.write_text(
+        "".join(
+            f'{{"title": "t", "author": "a", "body": "{b}"}}\n'
+            for b in ("白日依山尽，黄河入海流。", "床前明月光，疑是地上霜。")
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        CorpusError, match=r"a split is empty after filtering \(2 poems left; train \d, val \d, test \d\)"
+    ):
+        prepare(CorpusConfig(source="jsonl", path=str(few), val_frac=0.01, test_frac=0.01), tmp_path)
 
 
 @pytest.mark.slow

@@ -146,6 +146,16 @@ def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
     assert torch.load(tmp_path / "r2" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
 
 
+def test_a_run_loads_the_lightning_way(compose_train):
+    # PoemLM.load_from_checkpoint: the old code raised TypeError (missing 'vocab'), though it travels inside
+    summary = train(compose_train("trainer.max_steps=2", "trainer.val_check_interval=2"))
+    module = PoemLM.load_from_checkpoint(summary["best_checkpoint"])
+    loaded = checkpoint.load(summary["best_checkpoint"])
+    assert module.vocab.itos == loaded.vocab.itos and module.hparams.optim["lr"] == summary["lr"]
+    for (name, a), (_, b) in zip(module.model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
     first = train(compose_train())
     with pytest.raises(
@@ -382,7 +392,7 @@ def test_bad_overrides_fail_with_one_line_before_heavy_work(compose_train, tmp_p
 
 
 def test_empty_corpus_after_filtering_is_one_line(compose_train):
-    with pytest.raises(TangshiError, match="the corpus is empty after filtering"):
+    with pytest.raises(TangshiError, match="a split is empty after filtering"):
         train(compose_train("data.min_len=1000", "data.max_len=2000"))
 
 
@@ -441,22 +451,26 @@ def test_learning_rate_warms_up_as_configured_then_decays_to_the_floor(compose_t
     assert 0.001 <= lr[39] < 0.0011  # the last step nearly at the floor, 0.1 x lr, reached at step 40
 
 
-def test_weight_decay_skips_biases_and_embeddings(prepared):
-    # With zero gradients an AdamW step is decay alone: weight matrices shrink by lr x wd, the rest stays.
+@pytest.mark.parametrize(
+    ("cell", "embeddings"), [("lstm", {"embed.weight"}), ("transformer", {"embed.weight", "core.pos.weight"})]
+)
+def test_weight_decay_skips_biases_and_embeddings(prepared, cell, embeddings):
+    # With zero gradients an AdamW step is decay alone: weight matrices shrink by lr x wd, the rest stays. The
+    # Transformer's learned positions are an embedding too (the old code decayed them).
     optim = {"lr": 0.1, "weight_decay": 0.5, "scheduler": "constant"}
-    module = PoemLM(
-        {"cell": "lstm", "embed_dim": 8, "hidden_size": 16, "num_layers": 1}, optim, prepared.vocab.to_dict()
-    )
+    model = {"cell": cell, "embed_dim": 8, "hidden_size": 16, "num_layers": 1, "heads": 2}
+    module = PoemLM(model, optim, prepared.vocab.to_dict())
     optimizer = module.configure_optimizers()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    assert embeddings <= set(before)
     for p in module.model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
     for name, p in module.model.named_parameters():
-        matrix = p.ndim >= 2 and not name.startswith("embed")
+        matrix = p.ndim >= 2 and name not in embeddings
         expected = before[name] * (1 - 0.1 * 0.5) if matrix else before[name]
         assert torch.allclose(p.detach(), expected), name
-    assert any(n.startswith("core.weight") for n in before) and "embed.weight" in before
+    assert any(n.startswith("core.") and p.ndim >= 2 for n, p in before.items())
 
 
 def test_an_extended_run_continues_its_schedule_without_a_jump(compose_train, tmp_path):

@@ -393,10 +393,11 @@ def clean(poems: Iterable[Poem], cfg: CorpusConfig) -> tuple[dict[str, list[str]
         ", ".join(f"{s} {len(splits[s])}" for s in SPLITS),
         moved,
     )
-    if not splits["train"] or not splits["val"]:
+    if not all(splits[s] for s in SPLITS):
         raise CorpusError(
-            f"the corpus is empty after filtering ({len(kept)} poems left; train {len(splits['train'])}, "
-            f"val {len(splits['val'])}): relax data.forms, data.min_len/max_len or use a larger corpus"
+            f"a split is empty after filtering ({len(kept)} poems left; "
+            + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+            + "): relax data.forms or data.min_len/max_len, raise data.val_frac/test_frac, or use a larger corpus"
         )
     return splits, counts
 

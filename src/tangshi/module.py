@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
-from tangshi.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+from tangshi.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.model import build_model
@@ -96,6 +96,14 @@ class PoemLM(L.LightningModule):
         self.grad_stats: dict[str, Tensor] = {}
         self.schedule: Schedule | None = None
         self._restored_schedule: tuple[int, dict[str, Any]] | None = None  # (step, state) from a checkpoint
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> PoemLM:  # type: ignore[override]
+        """Lightning's way of loading a run, ``PoemLM.load_from_checkpoint("…/best.ckpt")``: the vocabulary,
+        kept out of the hyperparameters because of its size, is read from the checkpoint itself."""
+        if "vocab" not in kwargs:
+            kwargs["vocab"] = read_checkpoint(checkpoint_path)[CHECKPOINT_KEY]["vocab"]
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
 
     def on_fit_start(self) -> None:
         # Parameter counts as scalars, so TensorBoard and reports can set cells side by side at equal budgets.
@@ -229,10 +237,12 @@ class PoemLM(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.hparams.optim
+        # Weight decay on matrices only: biases, norms and embeddings (the rows of rare characters, the
+        # Transformer's learned positions) keep their scale.
+        embedded = {id(p) for m in self.model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            # Weight decay on matrices only: biases and embeddings (rows of rare characters) keep their scale.
-            (decay if p.ndim >= 2 and not name.startswith("embed") else no_decay).append(p)
+        for p in self.model.parameters():
+            (decay if p.ndim >= 2 and id(p) not in embedded else no_decay).append(p)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o["lr"],
@@ -286,7 +296,7 @@ class PoemLM(L.LightningModule):
             raise TangshiError("checkpoint has no tangshi vocabulary; it was not written by tangshi")
         Vocab.from_dict(saved).check_matches(self.vocab, "resume from this checkpoint")
         rng = checkpoint[CHECKPOINT_KEY].get("torch_rng")
-        if rng is not None and self.trainer.state.fn == "fit":
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming a fit
             torch.set_rng_state(rng)
             self.grad_stats = dict(checkpoint[CHECKPOINT_KEY].get("grad_stats", {}))
             self.train_seconds = float(checkpoint[CHECKPOINT_KEY].get("train_seconds", 0.0))
