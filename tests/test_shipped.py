@@ -1,6 +1,7 @@
 """The models shipped in src/tangshi/shipped/: small, safe to load, sampling in a fresh process without
 Lightning, and (slow: the real corpus) still scoring the test bits/char that the README states."""
 
+import os
 import re
 
 import pytest
@@ -65,3 +66,50 @@ def test_shipped_models_have_the_test_bpc_the_readme_states():
         measured = split_loss(loaded.model, loaded.vocab, prepared.splits["test"])["bpc"]
         assert measured == pytest.approx(loaded.info["test_bpc"], abs=1e-3), cell
         assert abs(measured - stated[cell]) <= 0.01, (cell, measured, stated[cell])
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_shipped_models_and_samples_outside_the_checkout(tmp_path):
+    """pip wheel . then install it into a folder of its own and sample from a directory outside the checkout:
+    the old wheel declared no package data and held none of src/tangshi/shipped/."""
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheels.glob("tangshi-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"tangshi/shipped/{c}{checkpoint.SHIPPED_SUFFIX}" for c in CELLS} <= set(names)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = (
+        "import tangshi, sys\n"
+        "from tangshi import checkpoint\n"
+        "from tangshi.decoding import SamplingConfig, sample\n"
+        "assert tangshi.__file__.startswith(sys.argv[1]), tangshi.__file__\n"
+        "loaded = checkpoint.load(checkpoint.shipped_path('lstm'))\n"
+        "print(*sample(loaded.model, loaded.vocab, SamplingConfig(n=2, form='wuyan_jueju')), sep='\\n')\n"
+        "assert 'lightning' not in sys.modules\n"
+    )
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TANGSHI_ROOT"} | {"PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=outside, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    poems = done.stdout.split()
+    assert len(poems) == 2 and all(len(p) == 24 for p in poems)
