@@ -61,8 +61,8 @@ def test_begin_outside_the_vocabulary_is_named(model):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n": 0}, "n must be between 1 and 256, got 0"),
-        ({"n": 100000}, "n must be between 1 and 256, got 100000"),
+        ({"n": 0}, "n must be between 1 and 10000, got 0"),
+        ({"n": 100000}, "n must be between 1 and 10000, got 100000"),
         ({"beam": 100000}, "beam must be between 0 \\(sampling\\) and 64, got 100000"),
         ({"max_len": 10**6}, "max_len must be at most 512 characters, got 1000000"),
         ({"temperature": -1}, "temperature must be >= 0"),

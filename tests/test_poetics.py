@@ -6,13 +6,17 @@ from tangshi.poetics import (
     PING,
     ZE,
     detect_form,
+    is_rhyme_position,
+    pattern,
     phonology,
     poetics_metrics,
     repeats_rhyme,
     rhyme_category,
     rhyme_chars,
+    rhyme_indices,
     rhymes,
     score_poem,
+    split_lines,
     tone_rules,
 )
 
@@ -150,3 +154,36 @@ def test_a_modern_reading_is_no_pingshui_rhyme():
     # 啼 is missing from the table: its modern fallback category (今韵i) is not 平水韵, so it rhymes with nothing
     assert phonology().categories("啼") == {"今韵i"}
     assert not rhyme_category("白日依山尽，黄河入海啼。欲穷千里目，更上一层啼。")
+
+
+def _tones(line: str) -> dict[int, str]:
+    return {i: PING if c == "平" else ZE for i, c in enumerate(line) if c in "平仄"}
+
+
+@pytest.mark.parametrize(
+    ("form", "opening", "lines"),
+    [
+        # 王力《汉语诗律学》's regular patterns, written out by hand; 中 marks a free position (not a key one)
+        ("wuyan_jueju", ZE, ["中仄中平中", "中平中仄平", "中平中仄中", "中仄中平平"]),  # 仄起: 仄仄平平仄 …
+        ("wuyan_jueju", PING, ["中平中仄中", "中仄中平平", "中仄中平中", "中平中仄平"]),  # 平起: 平平平仄仄 …
+        ("qiyan_jueju", PING, ["中平中仄中平中", "中仄中平中仄平", "中仄中平中仄中", "中平中仄中平平"]),
+    ],
+)
+def test_the_tone_pattern_is_the_regular_one(form, opening, lines):
+    assert pattern(form, opening) == [_tones(line) for line in lines]
+
+
+def test_a_real_regular_poem_keeps_its_pattern():
+    # 春望 opens 仄 (破) and keeps every rule: each key position and rhyme has the tone the pattern wants
+    phon = phonology()
+    chars = [t for t, _ in split_lines(CHUN_WANG)]
+    for line, wants in zip(chars, pattern("wuyan_lvshi", ZE), strict=True):
+        for col, tone in wants.items():
+            assert tone in phon.tone(line[col]), (line, col)
+
+
+def test_rhyme_positions_of_known_poems():
+    assert rhyme_indices(DENG_GUAN_QUE) == [10, 22] and [DENG_GUAN_QUE[i] for i in (10, 22)] == ["流", "楼"]
+    assert "".join(CHUN_WANG[i] for i in rhyme_indices(CHUN_WANG)) == "深心金簪"
+    assert rhyme_indices("白日依山尽，黄河入海") == []  # an unclosed second line has no rhyme position yet
+    assert [is_rhyme_position(line, 6, 7) for line in range(4)] == [False, True, False, True]

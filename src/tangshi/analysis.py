@@ -33,7 +33,7 @@ from tangshi.formatting import markdown_table
 from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
 from tangshi.model import CharLM
 from tangshi.poem_sets import random_in_form
-from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, split_lines
+from tangshi.poetics import FORMS, LINE_PUNCT, detect_form, poetics_metrics, rhyme_indices, split_lines
 from tangshi.vocab import Vocab
 
 CLASSES = ("rhyme", "line_start", "other", "punct")
@@ -119,13 +119,14 @@ def position_classes(body: str) -> list[int]:
     first; punct: punctuation and ``<eos>``; other: every other character.
     """
     classes = []
+    rhymes = set(rhyme_indices(body))
     line, start = 0, True
     for i, ch in enumerate(body):
         if ch in LINE_PUNCT:
             classes.append(CLASSES.index("punct"))
             line, start = line + 1, True
             continue
-        if i + 1 < len(body) and body[i + 1] in LINE_PUNCT and line % 2 == 1:
+        if i in rhymes:
             classes.append(CLASSES.index("rhyme"))
         elif start and line > 0:
             classes.append(CLASSES.index("line_start"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tangshi.atomic import atomic_dir
 from tangshi.errors import TangshiError
-from tangshi.poetics import FORMS, LINE_PUNCT, detect_form
+from tangshi.poetics import FORMS, HANZI_RANGES, LINE_PUNCT, detect_form
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -256,10 +256,10 @@ _NOTE = re.compile(r"（[^（）]*）|〔[^〔〕]*〕|〖[^〖〗]*〗")
 # loses a syllable. {…} describes a glyph that Unicode lacks, so it counts as unreadable (below).
 _SUPPLIED = re.compile(r"\[([^\[\]{}]*)\]")
 _QUOTES = re.compile(r"[「」『』《》〈〉“”‘’\s]")
-_REPEATED_PUNCT = re.compile(r"([，。？！；：、])[，。？！；：、]+")
+_REPEATED_PUNCT = re.compile(f"([{LINE_PUNCT}])[{LINE_PUNCT}]+")
 # What a readable body may contain: CJK ideographs (BMP, extension A, compatibility, extensions B+) and
 # the punctuation of the corpus. □ ○ ● … { } / = digits and Latin mark lacunae or encoding trouble.
-_READABLE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f，。？！；：、]+")
+_READABLE = re.compile(f"[{HANZI_RANGES}{LINE_PUNCT}]+")
 
 
 def to_simplified(texts: Sequence[str]) -> list[str]:
@@ -281,7 +281,7 @@ def clean_body(body: str) -> str | None:
         previous, body = body, _NOTE.sub("", body)
     body = _SUPPLIED.sub(r"\1", body)
     body = _QUOTES.sub("", body)
-    body = _REPEATED_PUNCT.sub(r"\1", body).lstrip("，。？！；：、")
+    body = _REPEATED_PUNCT.sub(r"\1", body).lstrip(LINE_PUNCT)
     if not body or not _READABLE.fullmatch(body):
         return None
     return body

@@ -29,7 +29,8 @@ FORMS: dict[str, Form] = {
 
 LINE_PUNCT = "，。？！；：、"
 # CJK ideographs: the BMP block, extension A, compatibility ideographs, extensions B onwards
-_HANZI = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+HANZI_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_HANZI = re.compile(f"[{HANZI_RANGES}]")
 COUPLET_END = "。？！"  # an even (second) line closes the couplet with a full stop
 _LINE = re.compile(f"([^{LINE_PUNCT}]+)([{LINE_PUNCT}])")
 
@@ -157,6 +158,27 @@ def key_positions(width: int) -> tuple[int, ...]:
     return (1, 3) if width == 5 else (1, 3, 5)
 
 
+def opposite(tone: str) -> str:
+    return ZE if tone == PING else PING
+
+
+def pattern(form: str, opening: str) -> list[dict[int, str]]:
+    """The regular 平仄 pattern of ``form`` once line 1's second character has the tone ``opening``: per line,
+    the tone each key position wants (二四六分明 within a line, 对 within a couplet, 粘 between couplets) and 平
+    at the rhyme positions. What ``tone=true`` steers toward; :func:`tone_faults` checks the same rules."""
+    width, lines = FORMS[form]
+    keys = key_positions(width)
+    out = []
+    for line in range(lines):
+        # line i opens like line 1 when i % 4 is 0 or 3 (对 flips it within a couplet, 粘 keeps it across one)
+        first = opening if line % 4 in (0, 3) else opposite(opening)
+        wants = {k: first if j % 2 == 0 else opposite(first) for j, k in enumerate(keys)}
+        if is_rhyme_position(line, width - 1, width):
+            wants[width - 1] = PING
+        out.append(wants)
+    return out
+
+
 def _fixed_tone(phon: Phonology, char: str) -> str | None:
     """PING or ZE when the character has one tone only; None when it reads in both or is not in the table."""
     tones = phon.tone(char)
@@ -166,9 +188,27 @@ def _fixed_tone(phon: Phonology, char: str) -> str | None:
 FALLBACK = "今韵"  # the prefix of a modern-reading category: a character missing from 平水韵, never a rhyme
 
 
+def is_rhyme_position(line: int, col: int, width: int) -> bool:
+    """Whether character ``col`` of ``line`` (both 0-based) in lines of ``width`` characters carries the rhyme:
+    the last character of every even line (lines 2, 4, 6, 8)."""
+    return line % 2 == 1 and col == width - 1
+
+
+def rhyme_indices(body: str) -> list[int]:
+    """Where in ``body`` the rhyme positions are: the index of the last character of every even line, for any
+    text of lines closed by punctuation (regular or not)."""
+    out, line, start = [], 0, 0
+    for i, ch in enumerate(body):
+        if ch in LINE_PUNCT:
+            if i > start and is_rhyme_position(line, i - start - 1, i - start):
+                out.append(i - 1)
+            line, start = line + 1, i + 1
+    return out
+
+
 def rhyme_chars(body: str) -> list[str]:
-    """The rhyme positions' characters: the last character of every even line ([] if ``body`` is not lines)."""
-    return [t[-1] for t, _ in split_lines(body)[1::2] if t]
+    """The rhyme positions' characters ([] if ``body`` is not lines closed by punctuation)."""
+    return [body[i] for i in rhyme_indices(body)] if split_lines(body) else []
 
 
 def rhyme_category(body: str, phon: Phonology | None = None) -> frozenset[str]:

@@ -23,11 +23,23 @@ from typing import Any
 from tangshi import checkpoint
 from tangshi.analysis import CLASSES, MAX_SCORED_CHARS, position_classes, surprisal
 from tangshi.checkpoint import Loaded
-from tangshi.decoding import MAX_BEAM, MAX_POEMS, SamplingConfig, sample
+from tangshi.decoding import MAX_BEAM, SamplingConfig, sample
 from tangshi.errors import TangshiError
-from tangshi.poetics import FORMS, LINE_PUNCT, PING, TONE_RULES, ZE, Phonology, phonology, score_poem, tone_faults
+from tangshi.poetics import (
+    FORMS,
+    LINE_PUNCT,
+    PING,
+    TONE_RULES,
+    ZE,
+    Phonology,
+    phonology,
+    rhyme_indices,
+    score_poem,
+    tone_faults,
+)
 
 MAX_MODELS = 3
+MAX_POEMS = 64  # per model and request: a page is shared, and 64 poems of three models take seconds, not minutes
 FREE = "free"
 RULE_NAMES = {
     "alternation": "二四六分明",
@@ -106,6 +118,8 @@ def settings(
     seed: float,
 ) -> SamplingConfig:
     """The page's controls as decoding settings (a bad combination is a TangshiError naming it)."""
+    if not 1 <= n <= MAX_POEMS:
+        raise TangshiError(f"poems per model must be between 1 and {MAX_POEMS}, got {n:g}")
     return SamplingConfig(
         n=int(n),
         begin=begin.strip(),
@@ -143,7 +157,7 @@ def poem_html(poem: str, phon: Phonology) -> str:
             at_fault.setdefault(place, []).append(RULE_NAMES[rule])
     regular = scores["form"] is not None
     out, line, col = [], 0, 0
-    rhymes = []
+    rhymes, rhyme_at = [], set(rhyme_indices(poem))
     for i, ch in enumerate(poem):
         if ch in LINE_PUNCT:
             out.append(html.escape(ch) + ("<br>" if regular and line % 2 == 1 else ""))
@@ -154,7 +168,7 @@ def poem_html(poem: str, phon: Phonology) -> str:
         if (line, col) in at_fault:
             classes.append("fault")
             title.append("breaks " + ", ".join(at_fault[(line, col)]))
-        if regular and line % 2 == 1 and i + 1 < len(poem) and poem[i + 1] in LINE_PUNCT:
+        if regular and i in rhyme_at:
             classes.append("rhyme")
             cats = sorted(phon.categories(ch))
             rhymes.append(f"{ch} ({'/'.join(cats) or '仄声, no level category'})")
