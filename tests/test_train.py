@@ -531,6 +531,17 @@ def test_a_finished_run_extended_in_place_trains_on_at_the_peak_rate(compose_tra
     assert train(compose_train(*wsd, "ckpt_path=last", "trainer.max_steps=80"))["wall_time_s"] == second["wall_time_s"]
 
 
+def test_resuming_in_place_without_the_runs_own_settings_is_one_line(compose_train):
+    # the old README's resume command dropped the run's overrides: a GRU run came back composed as an LSTM
+    first = train(compose_train("model.cell=gru", "trainer.max_steps=4", "trainer.val_check_interval=4"))
+    with pytest.raises(
+        TangshiError, match=r"resuming .* in place with other settings than it ran with \(model\.cell 'lstm', was 'gru'"
+    ):
+        train(compose_train("ckpt_path=last", "trainer.max_steps=8"))
+    resumed = train(compose_train("model.cell=gru", "ckpt_path=last", "trainer.max_steps=8"))
+    assert resumed["steps"] == 8 and resumed["run_dir"] == first["run_dir"]
+
+
 def test_a_time_limited_run_stops_validated_and_resumes_for_more_steps(tmp_path):
     # trainer.max_time counts this process only: resumed with more steps, a run goes on (Lightning's own
     # timer would restore the time spent and stop at once), and the step it stops at is validated.

@@ -24,6 +24,7 @@ from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
 from tangshi.config import command_line_keys, cpu_has_amx, default_threads, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
+from tangshi.errors import TangshiError
 from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
 
@@ -42,9 +43,16 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     process_start = process_start or entered
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
+    # Settings errors surface here, in one line, before any data is read.
+    check_config(**to_plain(cfg.model))
+    model_cfg = resolve_budget(to_plain(cfg.model))
+    optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
+    settings = {"model": {**model_cfg, "param_budget": cfg.model.get("param_budget")}, "optim": optim}
+    settings["data"] = to_plain(cfg.data)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last" and metrics_path.exists():
         previous = json.loads(metrics_path.read_text(encoding="utf-8"))
+        check_same_run(previous, settings, run_dir)
         if previous.get("status") == "completed":
             if not extends(previous, cfg):  # resuming a sweep: finished jobs are not redone
                 log.info("%s already completed; nothing to resume", run_dir)
@@ -59,10 +67,6 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
                 cfg.trainer.max_steps,
                 Path(ckpt_path).name if ckpt_path != "last" else "last.ckpt",
             )
-    # Settings errors surface here, in one line, before any data is read.
-    check_config(**to_plain(cfg.model))
-    model_cfg = resolve_budget(to_plain(cfg.model))
-    optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
     log.info("learning rate: %g", optim["lr"])
     datamodule = PoemDataModule.from_config(to_plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**to_plain(cfg.samples))
@@ -86,7 +90,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     log.info("stopping rule: %s", stopping.describe(trainer))
     # The record: every setting as used (not as spelled), and where it ran.
     config = to_plain(cfg)
-    config.update(model={**model_cfg, "param_budget": cfg.model.get("param_budget")}, optim=optim)
+    config.update(settings)
     config["trainer"]["precision"] = str(trainer.precision)
     config["ckpt_path"] = ckpt_path
     summary.update(config=config, environment=record.environment(cfg.trainer.get("accelerator")))
@@ -171,6 +175,24 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         if trainer.is_global_zero:
             write_json(metrics_path, summary)
     return summary
+
+
+def check_same_run(previous: dict[str, Any], settings: dict[str, Any], run_dir: Path) -> None:
+    """Resuming a run in place with other model, optimiser or data settings than it ran with (a GRU run resumed
+    without its ``model.cell=gru`` would be composed as an LSTM) is one line naming what differs and the run's
+    own command-line arguments. A run made before records is not checked."""
+    before = record.flatten({k: (previous.get("config") or {}).get(k) for k in settings})
+    if not previous.get("config"):
+        return
+    now = record.flatten(settings)
+    differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if differ:
+        changes = ", ".join(f"{k} {now.get(k)!r}, was {before.get(k)!r}" for k in differ[:3])
+        argv = " ".join(a for a in previous.get("environment", {}).get("argv", []) if not a.startswith("ckpt_path="))
+        raise TangshiError(
+            f"resuming {run_dir} in place with other settings than it ran with ({changes}); repeat its own "
+            f"arguments: python scripts/train.py {argv} ckpt_path=last"
+        )
 
 
 def extends(previous: dict[str, Any], cfg: DictConfig) -> bool:
