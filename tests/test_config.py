@@ -70,3 +70,29 @@ def test_one_set_of_sampling_defaults():
         train, sample = compose("train"), compose("sample")
     assert train.samples.top_p == sample.top_p == SamplingConfig().top_p  # once 0.95 against 1.0
     assert train.samples.n == 4 and sample.n == SamplingConfig().n
+
+
+def test_code_defaults_equal_config_defaults():
+    """What a library call gets by default is what a run gets from conf/: CharLM's settings, AdamW's betas and
+    the gradient-flow interval; and the studio starts at the sampling defaults."""
+    import inspect
+
+    import yaml
+
+    from tangshi.callbacks import GradientFlow
+    from tangshi.model import CharLM
+    from tangshi.module import BETAS
+
+    model_yaml = yaml.safe_load((ROOT / "conf" / "model" / "charlm.yaml").read_text(encoding="utf-8"))
+    params = inspect.signature(CharLM).parameters
+    for key, value in model_yaml.items():
+        if key in params:
+            default = params[key].default
+            assert (list(default) if isinstance(default, tuple) else default) == value, key
+    assert {k for k in model_yaml if k not in params} == {"param_budget"}  # build_model resolves it
+    train_yaml = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text(encoding="utf-8"))
+    assert list(BETAS) == train_yaml["optim"]["betas"]
+    callbacks = yaml.safe_load((ROOT / "conf" / "callbacks" / "default.yaml").read_text(encoding="utf-8"))
+    flow = inspect.signature(GradientFlow).parameters
+    for key in ("every_n_steps", "length", "poems"):
+        assert flow[key].default == callbacks["gradient_flow"][key], key

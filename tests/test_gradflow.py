@@ -32,7 +32,7 @@ def test_gradient_flow_matches_a_hand_built_tanh_rnn():
     """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) written out by hand for two layers; autograd on each
     h_t (retain_grad) must give the same per-layer, per-distance norms."""
     torch.manual_seed(1)
-    model = CharLM(40, cell="rnn", embed_dim=6, hidden_size=10, num_layers=2, dropout=0.0).eval()
+    model = CharLM(40, cell="rnn", embed_dim=6, hidden_size=10, num_layers=2, dropout=0.0, head="full").eval()
     tokens = torch.randint(0, 40, (4, 13))
     inputs, target = tokens[:, :-1], tokens[:, -1]
     core = model.core

@@ -138,7 +138,7 @@ class GradientFlow(L.Callback):
     def __init__(
         self,
         dirpath: str | None = None,
-        every_n_steps: int = 250,
+        every_n_steps: int = 100,
         length: int = 48,
         poems: int = 64,
         distances: Sequence[int] = DISTANCES,

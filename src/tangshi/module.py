@@ -28,6 +28,7 @@ from tangshi.schedule import SCHEDULERS, Schedule
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
+BETAS = (0.9, 0.99)  # AdamW's, as conf/train.yaml has them (a test keeps the two equal)
 
 
 def check_optim(optim: dict[str, Any]) -> None:
@@ -246,7 +247,7 @@ class PoemLM(L.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o["lr"],
-            betas=tuple(o.get("betas", (0.9, 0.999))),
+            betas=tuple(o.get("betas", BETAS)),
         )
         kind = o.get("scheduler", "cosine")
         if kind == "constant":

@@ -39,6 +39,7 @@ from tangshi.poetics import (
 )
 
 MAX_MODELS = 3
+DEFAULTS = SamplingConfig()  # the sliders start at the one set of sampling defaults (conf/sampling/default.yaml)
 MAX_POEMS = 64  # per model and request: a page is shared, and 64 poems of three models take seconds, not minutes
 FREE = "free"
 RULE_NAMES = {
@@ -270,9 +271,11 @@ def build(models: Models, default: list[str]) -> Any:
             with gr.Row():
                 rhyme = gr.Checkbox(True, label="rhyme (平水韵)", elem_id="rhyme")
                 tone = gr.Checkbox(True, label="tone (平仄)", elem_id="tone")
-                temperature = gr.Slider(0, 1.5, value=0.8, step=0.05, label="temperature (0: greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="top-p")
-                penalty = gr.Slider(0, 3, value=0.0, step=0.1, label="repetition penalty (nats)")
+                temperature = gr.Slider(0, 1.5, value=DEFAULTS.temperature, step=0.05, label="temperature (0: greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="top-p")
+                penalty = gr.Slider(
+                    0, 3, value=DEFAULTS.repetition_penalty, step=0.1, label="repetition penalty (nats)"
+                )
             with gr.Row():
                 beam = gr.Number(
                     0,
@@ -285,7 +288,7 @@ def build(models: Models, default: list[str]) -> Any:
                 n = gr.Number(
                     3, precision=0, minimum=1, maximum=MAX_POEMS, label=f"poems per model (≤ {MAX_POEMS})", elem_id="n"
                 )
-                seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                seed = gr.Number(DEFAULTS.seed, precision=0, label="seed", elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             gr.HTML(
