@@ -1,5 +1,5 @@
 # make train          set up .venv, fetch and prepare the corpus, train the default LSTM, print poems
-# make test           the test suite (what CI runs); test-slow and test-browser add the real corpus and the studio
+# make test           the default test suite; CI (.ci/run) adds lint, test-slow (the real corpus) and test-browser
 # make demo           the poem studio on http://127.0.0.1:7860 (the shipped models side by side)
 PYTHON ?= python3
 VENV ?= .venv
@@ -38,7 +38,7 @@ sample: venv
 demo: $(VENV)/.demo
 	$(PY) scripts/studio.py $(ARGS)
 
-# training, sampling and start-up speed (~20 min on 2 cores) → outputs/bench/
+# training, sampling and start-up speed (about 15 min on 2 cores, docs/performance.md) → outputs/bench/
 bench: venv
 	$(PY) scripts/bench.py $(ARGS)
 

@@ -45,7 +45,8 @@ def _key(settings: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
 
 
 def _order(run: Run) -> tuple:
-    return (CELL_ORDER.index(run.cell) if run.cell in CELL_ORDER else 9, run.cell, run.core or 0, run.lr or 0)
+    seed = run.seed if isinstance(run.seed, int) else -1
+    return (CELL_ORDER.index(run.cell) if run.cell in CELL_ORDER else 9, run.cell, run.core or 0, run.lr or 0, seed)
 
 
 def _describe(key: str, value: Any) -> str:
