@@ -77,10 +77,13 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
     assert [o["status"] for o in report["not_completed"]] == ["failed"]
     (floor,) = report["ngram"].values()  # the count-based floor on the same split and vocabulary
     assert floor["order"] == 5 and 0 < floor["test_bpc"] < 15
+    (refs,) = report["references"].values()  # reference rows, as many poems as a run sampled per set
+    assert refs["random characters in form"]["n"] == 20 and refs["real held-out poems"]["well_formed"] == 1.0
     text = (sweep / "report.md").read_text(encoding="utf-8")
     assert "| rnn | 2 |" in text and "crashed" in text and "training diverged" in text
     assert "(not converged: " in text and "| Kneser-Ney 5-gram" in text
     assert "Holm-adjusted" in text and "五绝: rhyme" in text and "Hardware: " in text
+    assert "| real held-out poems (" in text and "| random characters in form (" in text
     equal = report["equal"]  # best val bpc at the step and the training time every run reached
     assert equal["step"] == 12 and equal["seconds"] > 0 and set(equal["by_time"]) == {"rnn", "gru"}
     assert (sweep / "val_bpc_vs_step.png").read_bytes()[:4] == b"\x89PNG"

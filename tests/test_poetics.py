@@ -35,7 +35,7 @@ def test_phonology_reads_pingshui_in_simplified_characters():
     assert p.tone("看") == {PING, ZE}  # read in either tone
     assert p.tone("发") == {ZE} and "发" not in p.rhymes  # 發 and 髮, both entering tone
     assert p.rhymes_with("流", "楼") and not p.rhymes_with("流", "山")
-    assert p.tone("啼") == {PING} and p.categories("啼") == {"今韵i"}  # not in the table: modern reading
+    assert "啼" not in p.rhymes and p.tone("啼") == {PING}  # not in the table: its modern reading ti2 is level
 
 
 @pytest.mark.parametrize(
@@ -127,6 +127,7 @@ KNOWN = [
         "下平声十一尤",
     ),
     ("春望", CHUN_WANG, "深心金簪", "下平声十二侵"),
+    ("台城", "江雨霏霏江草齐，六朝如梦鸟空啼。无情最是台城柳，依旧烟笼十里堤。", "啼堤", "上平声八齐"),
     ("春晓", "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。", "鸟少", None),
     ("寻隐者不遇", "松下问童子，言师采药去。只在此山中，云深不知处。", "去处", None),
     ("鹿柴", "空山不见人，但闻人语响。返景入深林，复照青苔上。", "响上", None),
@@ -150,10 +151,13 @@ def test_an_echoed_rhyme_character_is_not_a_rhyme():
     assert m["rhyme"] == 0.5 and m["repeated_rhyme"] == 0.5 and m["rhymed_n"] == 1 and m["well_formed_n"] == 2
 
 
-def test_a_modern_reading_is_no_pingshui_rhyme():
-    # 啼 is missing from the table: its modern fallback category (今韵i) is not 平水韵, so it rhymes with nothing
-    assert phonology().categories("啼") == {"今韵i"}
-    assert not rhyme_category("白日依山尽，黄河入海啼。欲穷千里目，更上一层啼。")
+def test_a_character_missing_from_the_table_rhymes_where_its_reading_agrees():
+    # 啼 (a 齐 character) and 堤 are missing from the package's table; most table characters read ti2 or di1
+    # are 齐, so they rhyme there, as the rhyme books have them. 疎 (shu1) is as often 鱼 as 虞: no category.
+    phon = phonology()
+    assert "上平声八齐" in phon.categories("啼") and "上平声八齐" in phon.categories("堤")
+    assert phon.categories("疎") == frozenset() and phon.tone("疎") == {PING}
+    assert not rhyme_category("白日依山尽，黄河入海疎。欲穷千里目，更上一层书。")
 
 
 def _tones(line: str) -> dict[int, str]:

@@ -238,3 +238,34 @@ class StableCheckpoint(L.Callback):
         trainer.save_checkpoint(partial)  # every rank takes part; rank zero writes
         if trainer.is_global_zero:
             partial.replace(self.path)  # atomic: an extension never reads half a checkpoint
+
+
+class ValidationPoems(L.Callback):
+    """After every validation: ``samples`` poems (the sampling settings of ``conf/sampling``) as TensorBoard
+    text, and the form, rhyme and 平仄 shares of ``poetics`` freely sampled poems (fixed seed) as
+    ``poetics/*`` scalars, whose curves show when a model learns form and rhyme on its own. Sampling has its own
+    generator: the training run's random numbers are untouched."""
+
+    def __init__(self, samples: dict[str, Any] | None = None, poetics: int = 32):
+        from tangshi.config import to_plain
+        from tangshi.decoding import SamplingConfig
+
+        self.samples = SamplingConfig(**to_plain(samples or {"n": 4}))
+        self.poetics = int(poetics)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        from tangshi.decoding import SamplingConfig, sample
+        from tangshi.poetics import poetics_metrics
+
+        model, vocab = pl_module.model, pl_module.vocab  # type: ignore[union-attr]
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            # Markdown: two trailing spaces keep one poem per line in TensorBoard's text view.
+            experiment.add_text("samples", "  \n".join(sample(model, vocab, self.samples)), trainer.global_step)
+        if self.poetics:
+            metrics = poetics_metrics(sample(model, vocab, SamplingConfig(n=self.poetics, seed=0)))
+            trainer.logger.log_metrics(
+                {f"poetics/{k}": v for k, v in metrics.items() if k != "poems"}, step=trainer.global_step
+            )

@@ -23,7 +23,6 @@ from torch import Tensor
 from tangshi.errors import TangshiError
 from tangshi.model import CharLM
 from tangshi.poetics import (
-    FALLBACK,
     FORMS,
     LINE_PUNCT,
     PING,
@@ -206,11 +205,7 @@ class Constraints:
             for c in (c for i, c in enumerate(vocab.itos) if self.chars[i]):
                 for cat in self.phon.categories(c):
                     size[cat] = size.get(cat, 0) + 1
-            self.open_categories = frozenset(
-                cat
-                for cat, k in size.items()
-                if k >= rhymes and not cat.startswith(FALLBACK)  # 平水韵 only
-            )
+            self.open_categories = frozenset(cat for cat, k in size.items() if k >= rhymes)
             if cfg.rhyme and not self.open_categories:
                 raise TangshiError(
                     f"no 平水韵 level-tone category has {rhymes} characters in the model's vocabulary, so it cannot "

@@ -20,10 +20,8 @@ from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
 from tangshi.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
-from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.model import build_model
-from tangshi.poetics import poetics_metrics
 from tangshi.schedule import SCHEDULERS, Schedule
 from tangshi.vocab import Vocab
 
@@ -71,12 +69,10 @@ class PoemLM(L.LightningModule):
         model: dict[str, Any],
         optim: dict[str, Any],
         vocab: dict[str, Any],
-        samples: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
-        poetics_samples: int = 0,
     ):
         """``data`` (the data config) is only recorded, so evaluation can rebuild the test split from the
-        checkpoint; ``poetics_samples`` poems are sampled after each validation to log poetics metrics."""
+        checkpoint. What is logged besides the losses is done by callbacks (:mod:`tangshi.callbacks`)."""
         super().__init__()
         # Plain containers only: a DictConfig in a checkpoint fails torch's weights_only load. The
         # vocabulary is large, so it is kept out of hparams.yaml and stored by on_save_checkpoint instead.
@@ -85,7 +81,6 @@ class PoemLM(L.LightningModule):
         check_optim(optim)
         self.vocab = Vocab.from_dict(vocab)
         self.model = build_model(model, self.vocab)
-        self.sample_cfg = SamplingConfig(**(samples or {"n": 4}))
         self.metrics = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._clock: float | None = None
         self.tokens_seen = 0
@@ -215,21 +210,6 @@ class PoemLM(L.LightningModule):
         if not self.trainer.sanity_checking:
             # the time axis of comparisons: seconds of training steps only, carried across resumes
             self.log("time/train_s", self.train_seconds, reduce_fx="max")
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.logger is None:
-            return
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            poems = sample(self.model, self.vocab, self.sample_cfg)
-            # Markdown: two trailing spaces keep one poem per line in TensorBoard's text view.
-            experiment.add_text("samples", "  \n".join(poems), self.global_step)
-        n = self.hparams.get("poetics_samples", 0)
-        if n:
-            # Free sampling, fixed seed: the curves show when the model learns form and rhyme on its own.
-            poems = sample(self.model, self.vocab, SamplingConfig(n=n, temperature=0.8, seed=0))
-            metrics = poetics_metrics(poems)
-            self.logger.log_metrics(
-                {f"poetics/{k}": v for k, v in metrics.items() if k != "poems"}, step=self.global_step
-            )
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")

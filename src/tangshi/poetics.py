@@ -70,19 +70,26 @@ def detect_form(body: str) -> str | None:
 PING, ZE = "ping", "ze"
 
 
+AGREEMENT = 0.8  # a missing character takes a category this share of its same-reading table characters share
+
+
 @dataclass(frozen=True)
 class Phonology:
     """平水韵 categories and tones of simplified characters.
 
     ``categories(c)``: the level-tone (平声) rhyme categories of ``c`` (a character may read in several);
-    ``tone(c)``: a subset of {PING, ZE}, both for characters read in either tone (看, 思, 过 …). Characters
-    missing from the table (1 % of the corpus's characters, mostly variant forms such as 啼 or 劒) fall back
-    to their modern reading (pypinyin): tones 1–2 are 平, 3–4 仄, and a 平 reading rhymes by its modern
-    final (category ``今韵<final>``), never with a 平水韵 category.
+    ``tone(c)``: a subset of {PING, ZE}, both for characters read in either tone (看, 思, 过 …).
+
+    Characters missing from the table (1 % of the corpus's characters, mostly variant forms such as 啼, 炉 or
+    劒) fall back to their modern reading (pypinyin): tones 1–2 are 平, 3–4 仄. A 平 reading takes the 平水韵
+    category that at least :data:`AGREEMENT` of the table's characters with that same reading share (啼 ti2:
+    17 of 19 are 齐, so 啼 rhymes in 齐, as the rhyme books have it); where they disagree (疎 shu1: as many
+    鱼 as 虞) it gets none, and never rhymes.
     """
 
     rhymes: dict[str, frozenset[str]]
     tones: dict[str, frozenset[str]]
+    by_reading: dict[str, dict[str, int]]  # modern reading (pinyin, tone number) → table categories → count
 
     def tone(self, char: str) -> frozenset[str]:
         if char not in self.tones:
@@ -102,16 +109,32 @@ class Phonology:
 
         tones, cats = set(), set()
         if len(char) == 1 and char not in LINE_PUNCT:
-            for reading in pinyin(char, style=Style.FINALS_TONE3, heteronym=True, errors="ignore")[:1]:
+            for reading in pinyin(char, style=Style.TONE3, heteronym=True, errors="ignore")[:1]:
                 for r in reading:
                     if r[-1:] in ("1", "2"):
                         tones.add(PING)
-                        cats.add(f"今韵{r[:-1]}")
+                        counts = self.by_reading.get(r, {})
+                        total = sum(counts.values())
+                        cats |= {cat for cat, k in counts.items() if total and k >= AGREEMENT * total}
                     elif r[-1:] in ("3", "4"):
                         tones.add(ZE)
         self.tones[char] = frozenset(tones)
         if cats:
             self.rhymes[char] = frozenset(cats)
+
+
+def _readings(rhymes: dict[str, frozenset[str]]) -> dict[str, dict[str, int]]:
+    """For each modern reading of the table's level-tone characters, how many of them are in each category."""
+    from pypinyin import Style, pinyin
+
+    out: dict[str, dict[str, int]] = {}
+    for char, cats in rhymes.items():
+        for reading in pinyin(char, style=Style.TONE3, errors="ignore")[:1]:
+            for r in reading:
+                for cat in cats:
+                    out.setdefault(r, {}).setdefault(cat, 0)
+                    out[r][cat] += 1
+    return out
 
 
 def _pingshui_json() -> dict:
@@ -150,7 +173,8 @@ def phonology() -> Phonology:
         tones.setdefault(char, set()).add(PING if tone == "ping" else ZE)
         if tone == "ping":
             rhymes.setdefault(char, set()).add(simple_categories[category])
-    return Phonology({c: frozenset(v) for c, v in rhymes.items()}, {c: frozenset(v) for c, v in tones.items()})
+    frozen = {c: frozenset(v) for c, v in rhymes.items()}
+    return Phonology(frozen, {c: frozenset(v) for c, v in tones.items()}, _readings(frozen))
 
 
 def key_positions(width: int) -> tuple[int, ...]:
@@ -185,9 +209,6 @@ def _fixed_tone(phon: Phonology, char: str) -> str | None:
     return next(iter(tones)) if len(tones) == 1 else None
 
 
-FALLBACK = "今韵"  # the prefix of a modern-reading category: a character missing from 平水韵, never a rhyme
-
-
 def is_rhyme_position(line: int, col: int, width: int) -> bool:
     """Whether character ``col`` of ``line`` (both 0-based) in lines of ``width`` characters carries the rhyme:
     the last character of every even line (lines 2, 4, 6, 8)."""
@@ -213,7 +234,7 @@ def rhyme_chars(body: str) -> list[str]:
 
 def rhyme_category(body: str, phon: Phonology | None = None) -> frozenset[str]:
     """The 平水韵 level-tone categories that every even line's last character shares (a poem of 4 or more
-    lines); empty when they share none. Modern-reading fallbacks (``今韵…``) are not 平水韵 and never count."""
+    lines); empty when they share none."""
     phon = phon or phonology()
     chars = rhyme_chars(body)
     if len(chars) < 2:
@@ -221,7 +242,7 @@ def rhyme_category(body: str, phon: Phonology | None = None) -> frozenset[str]:
     shared = phon.categories(chars[0])
     for c in chars[1:]:
         shared &= phon.categories(c)
-    return frozenset(cat for cat in shared if not cat.startswith(FALLBACK))
+    return frozenset(shared)
 
 
 def repeats_rhyme(body: str) -> bool:

@@ -272,23 +272,36 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
     }
 
 
-def ngram_floors(runs: list[Run], data_dir: Path) -> dict[str, Any]:
-    """The Kneser-Ney floor of each corpus that completed ``runs`` trained on (known data settings only)."""
+def corpora(runs: list[Run]) -> list[dict[str, Any]]:
+    """The data settings of each corpus that completed ``runs`` trained on, once each (known settings only)."""
     from tangshi.corpus import LOADER_KEYS
-    from tangshi.ngram import floor
     from tangshi.record import UNKNOWN
 
-    out: dict[str, Any] = {}
-    seen: set[str] = set()
+    out, seen = [], set()
     for r in runs:
         data = (r.record.get("config") or {}).get("data") or {}
         corpus = {k: v for k, v in data.items() if k not in LOADER_KEYS}
         key = json.dumps(corpus, sort_keys=True)
-        if r.status != "completed" or not corpus or UNKNOWN in corpus.values() or key in seen:
-            continue
-        seen.add(key)
+        if r.status == "completed" and corpus and UNKNOWN not in corpus.values() and key not in seen:
+            seen.add(key)
+            out.append(data)
+    return out
+
+
+def baselines(runs: list[Run], data_dir: Path) -> dict[str, Any]:
+    """Per corpus of ``runs``: the Kneser-Ney floor (``ngram``), and the poem sets' reference rows (real held-out
+    poems, random characters in form) scored by the same code as the runs' poems, as many as a run sampled."""
+    from tangshi.corpus import CorpusConfig, prepare
+    from tangshi.ngram import floor
+    from tangshi.poem_sets import references
+
+    n = max((int((r.metrics.get("poems") or {}).get("n", 0)) for r in runs), default=0)
+    out: dict[str, Any] = {"ngram": {}, "references": {}}
+    for data in corpora(runs):
         result = floor(data, data_dir)
-        out[result["corpus"]] = result
+        out["ngram"][result["corpus"]] = result
+        if n:
+            out["references"][result["corpus"]] = references(prepare(CorpusConfig.from_data(data), data_dir), n)
     return out
 
 
@@ -328,6 +341,11 @@ def _rhyme(p: dict[str, Any] | None) -> str:
     lo, hi = p["rhyme_ci"]
     per_seed = _seeds([100 * x for x in p["rhyme_per_seed"]], 0)
     return f"{100 * p['rhyme']:.0f} % [{100 * lo:.0f}–{100 * hi:.0f}] ({per_seed})"
+
+
+def _rhyme_ref(s: dict[str, Any]) -> str:
+    lo, hi = s["rhyme_ci"]
+    return f"{100 * s['rhyme']:.0f} % [{100 * lo:.0f}–{100 * hi:.0f}]"
 
 
 def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
@@ -392,7 +410,9 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             "",
             "What each group writes on its own: rhyme share of the well-formed poems, all seeds pooled, with its",
             "Wilson 95 % interval and each seed's share. Free: the sampling defaults; 五绝 and 七绝: form masks only,",
-            "no rhyme or tone masks. A repeated rhyme character is an echo, not a rhyme (echoed: its share).",
+            "no rhyme or tone masks. A repeated rhyme character is an echo, not a rhyme (echoed: its share). The",
+            "reference rows, scored by the same code: real held-out poems of the regular forms and random characters",
+            "in those forms.",
             "",
             *markdown_table(
                 ["group", "free: well-formed", "free: rhyme", "五绝: rhyme", "七绝: rhyme", "echoed (free / 五绝)"],
@@ -406,6 +426,11 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
                         " / ".join(_fmt(p[s]["repeated_rhyme"], 2) if s in p else "–" for s in ("free", "wuyan_jueju")),
                     ]
                     for name, p in poems.items()
+                ]
+                + [
+                    [f"{name} ({corpus})", "1.00", _rhyme_ref(ref), "", "", _fmt((ref["repeated_rhyme"], math.nan), 2)]
+                    for corpus, refs in (summary.get("references") or {}).items()
+                    for name, ref in refs.items()
                 ],
             ),
         ]
@@ -580,7 +605,7 @@ def compare(dirs: list[Path], data_dir: Path | None = None) -> tuple[dict[str, A
     summary = summarise(plain_runs)
     summary["searches"] = studies
     if data_dir is not None and summary["groups"]:
-        summary["ngram"] = ngram_floors(plain_runs, data_dir)
+        summary.update(baselines(plain_runs, data_dir))
     out = Path(dirs[0])
     plots = plot(group_runs([r for r in plain_runs if r.status == "completed"]), studies, out)
     write_text(out / "report.md", to_markdown(summary, plots))

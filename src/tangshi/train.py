@@ -103,9 +103,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             model=model_cfg,
             optim=optim,
             vocab=datamodule.vocab.to_dict(),
-            samples=to_plain(cfg.samples),
             data=to_plain(cfg.data),
-            poetics_samples=int(cfg.get("poetics_samples", 0)),
         )
         summary["params"] = module.model.param_counts()
         summary["hidden_size"] = model_cfg["hidden_size"]
