@@ -20,7 +20,7 @@ FIXTURE = ROOT / "tests" / "data" / "quantangshi"
 
 # Small enough for a 2-core CI machine, big enough that a few dozen steps visibly lower the loss.
 TINY = [
-    "tuned=null",  # the cells' default-size recipes would override the tiny settings below
+    "recipes=null",  # no cell's default-size recipe: every setting it would fill is given below
     "data.source=chinese_poetry",
     f"data.path={FIXTURE}",
     "data.min_freq=1",
@@ -39,6 +39,8 @@ TINY = [
     "~callbacks.progress_bar",
     "optim.lr=1e-2",
     "optim.warmup_steps=5",
+    "optim.weight_decay=0.01",
+    "model.dropout=0.1",
     "final_samples=3",
     "samples.n=2",
     "poetics_samples=8",

@@ -122,11 +122,12 @@ def test_runs_made_before_records_are_grouped_from_their_saved_configs(sweep, tm
     for path in old.glob("*/metrics.json"):
         m = json.loads(path.read_text(encoding="utf-8"))
         write_json(path, {k: v for k, v in m.items() if k not in ("config", "environment")})
-    assert "${oc.select:" in (old / "0_rnn_seed0" / ".hydra" / "config.yaml").read_text(encoding="utf-8")
+    assert "${cpu_precision:}" in (old / "0_rnn_seed0" / ".hydra" / "config.yaml").read_text(encoding="utf-8")
     runs = load([old])
     done = [r for r in runs if r.status == "completed"]
     assert not any(r.recorded for r in runs) and all(r.lr == 1e-2 for r in done)
     assert {r.settings["hardware"] for r in done} == {"unknown"}
+    assert {r.settings["trainer.precision"] for r in done} == {r.metrics["precision"] for r in done}  # kept by the run
     assert all(r.settings["model.dropout"] == 0.1 for r in done)  # followed inside the saved config
     groups = summarise(runs)["groups"]
     assert {name: t["seeds"] for name, t in groups.items()} == {"rnn": [0, 1], "gru": [0, 1]}

@@ -84,13 +84,15 @@ def test_code_defaults_equal_config_defaults():
     from tangshi.module import BETAS
 
     model_yaml = yaml.safe_load((ROOT / "conf" / "model" / "charlm.yaml").read_text(encoding="utf-8"))
+    train_yaml = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text(encoding="utf-8"))
     params = inspect.signature(CharLM).parameters
     for key, value in model_yaml.items():
         if key in params:
             default = params[key].default
+            if value is None and key in train_yaml["recipes"]["default"]["model"]:  # a recipe setting
+                value = train_yaml["recipes"]["default"]["model"][key]
             assert (list(default) if isinstance(default, tuple) else default) == value, key
     assert {k for k in model_yaml if k not in params} == {"param_budget"}  # build_model resolves it
-    train_yaml = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text(encoding="utf-8"))
     assert list(BETAS) == train_yaml["optim"]["betas"]
     callbacks = yaml.safe_load((ROOT / "conf" / "callbacks" / "default.yaml").read_text(encoding="utf-8"))
     flow = inspect.signature(GradientFlow).parameters

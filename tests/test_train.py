@@ -130,11 +130,44 @@ def test_fit_lowers_val_loss_and_writes_the_run_dir(compose_train, cell):
     assert events.Scalars("hparams/best_val_bpc")[-1].value == pytest.approx(summary["best_val_bpc"], rel=1e-5)
 
 
-def test_lr_by_cell_gives_each_cell_its_own_rate(compose_train):
-    cfg = compose_train("model.cell=gru", "optim.lr_by_cell={rnn: 0.02, gru: 0.005}", "trainer.max_steps=2")
-    assert train(cfg)["lr"] == 0.005
-    with pytest.raises(TangshiError, match=r"optim\.lr_by_cell has no rate for cell 'lstm'; it has: rnn, gru"):
-        train(compose_train("model.cell=lstm", "optim.lr_by_cell={rnn: 0.02, gru: 0.005}"))
+def _composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
+    from tangshi.config import apply_recipe
+
+    # the recipes' values, written here as docs/search.md states them (2026-11-29 searches)
+    lstm = _composed()
+    assert apply_recipe(lstm) == {
+        "optim.lr": 0.03,
+        "optim.weight_decay": 0.25,
+        "optim.warmup_steps": 100,
+        "model.dropout": 0.0,
+        "data.batch_size": 128,
+        "trainer.max_steps": 1800,
+    }
+    assert (lstm.optim.lr, lstm.data.batch_size) == (0.03, 128)
+    gru = _composed("model.cell=gru", "optim.lr=0.002")
+    taken = apply_recipe(gru)
+    assert gru.optim.lr == 0.002 and "optim.lr" not in taken and taken["data.batch_size"] == 64
+    mingru = _composed("model.cell=mingru")  # no recipe of its own: the default one
+    assert apply_recipe(mingru)["optim.lr"] == 3e-3 and mingru.trainer.max_steps == 2000
+    # an experiment's per-cell rate, its other settings explicit: compare_cells_quick at the rates of lr_search
+    for cell, lr in (("rnn", 5e-3), ("gru", 2e-2), ("lstm", 2e-2)):
+        quick = _composed("experiment=compare_cells_quick", f"model.cell={cell}")
+        assert apply_recipe(quick) == {"optim.lr": lr}
+        assert (quick.optim.weight_decay, quick.data.batch_size, quick.model.dropout) == (0.01, 64, 0.1)
+    with pytest.raises(TangshiError, match=r"optim\.lr left at null and model\.cell=gru has no recipe for it"):
+        apply_recipe(_composed("model.cell=gru", "recipes.gru.optim.lr=null", "recipes.default=null"))
+
+
+def test_a_run_prints_and_records_the_recipe_it_took(compose_train, caplog):
+    caplog.set_level(logging.INFO, logger="tangshi.train")
+    summary = train(compose_train("recipes={gru: {optim: {lr: 0.005}}}", "model.cell=gru", "optim.lr=null"))
+    assert summary["lr"] == 0.005 and summary["config"]["optim"]["lr"] == 0.005
+    assert "recipe of gru: optim.lr 0.005" in caplog.text and "learning rate: 0.005" in caplog.text
 
 
 def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
@@ -206,31 +239,35 @@ def test_every_config_group_composes(overrides):
         assert "model.cell" in cfg.hydra.sweeper.params
     if overrides[0] in ("experiment=compare_cells_quick", "experiment=compare_cells_extended"):
         swept = str(cfg.hydra.sweeper.params["model.cell"]).split(",")
-        assert sorted(cfg.optim.lr_by_cell) == sorted(swept)  # a rate for every cell the sweep runs
+        assert all(cfg.recipes[c].optim.lr for c in swept)  # a rate for every cell the sweep runs
     if overrides[0] in ("experiment=converge", "experiment=scaling"):
         assert cfg.callbacks.early_stopping.monitor == "val/loss" and cfg.trainer.max_steps == -1
         assert cfg.trainer.max_epochs > 0 and cfg.trainer.max_time is None
     if overrides[0].startswith("hparams_search="):
         assert cfg.hydra.sweeper.storage.endswith("/optuna.db") and cfg.hydra.sweeper.n_trials >= 12
-        assert cfg.optim.lr_by_cell is None and cfg.trainer.max_time is None
+        assert cfg.trainer.max_time is None
     if overrides in (["data=regular"], ["experiment=quick"], ["experiment=compare_cells_quick"]):
         assert list(cfg.data.forms) == ["wuyan_jueju", "qiyan_jueju", "wuyan_lvshi", "qiyan_lvshi"]
-        # data=regular alone keeps the default cell's searched recipe; the experiments set tuned: null
-        expected = cfg.tuned.lstm.batch_size if overrides == ["data=regular"] else 64
-        assert cfg.data.batch_size == expected
+        # data=regular alone keeps the default cell's recipe (null: filled at the start of a run); the
+        # experiments set one batch size for every cell
+        assert cfg.data.batch_size == (None if overrides == ["data=regular"] else 64)
 
 
 def test_scaling_carries_each_cells_rate_to_larger_cores_by_its_own_rule():
     """The rates experiment=scaling trains with, per cell and core size (README, Convergence and scale): at 800k
     the gated cells' rate unchanged, the RNN's halved, as lr_search found there."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=["experiment=scaling"])
+    from tangshi.config import apply_recipe
+
     expected = {200_000: {"rnn": 5e-3, "lstm": 2e-2, "gru": 1e-2}, 800_000: {"rnn": 2.5e-3, "lstm": 2e-2, "gru": 1e-2}}
     for budget, rates in expected.items():
         for cell, lr in rates.items():
+            cfg = _composed("experiment=scaling", f"model.cell={cell}", f"model.param_budget={budget}")
+            apply_recipe(cfg)
             assert resolve_lr(to_plain(cfg.optim), cell, budget)["lr"] == pytest.approx(lr)
+    cfg = _composed("experiment=scaling", "model.cell=mingru")
+    apply_recipe(cfg)
     with pytest.raises(TangshiError, match="lr_by_size_exponent has no exponent for cell 'mingru'"):
-        resolve_lr({**to_plain(cfg.optim), "lr_by_cell": None}, "mingru", 800_000)
+        resolve_lr(to_plain(cfg.optim), "mingru", 800_000)
 
 
 def test_scripts_train_then_sample_in_fresh_processes(tmp_path):
@@ -597,7 +634,7 @@ def _stopping_rule_line(*args: str) -> str:
 def test_an_explicit_max_steps_wins_over_the_default_time_guard(tmp_path):
     overrides = [o for o in TINY if not o.startswith("trainer.max_steps")] + [f"paths.root_dir={tmp_path}"]
     assert _stopping_rule_line(*overrides) == (
-        "2000 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes first"
+        "1800 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes first"
     )
     assert _stopping_rule_line(*overrides, "trainer.max_steps=5000") == "5000 steps (trainer.max_steps)"
     assert "3 min" in _stopping_rule_line(*overrides, "trainer.max_steps=5000", "trainer.max_time=00:00:03:00")

@@ -89,3 +89,56 @@ def default_threads(cores: int, processes: int = 1) -> int:
     jobs running at once and the ``processes`` of each (CPU data parallelism); oversubscribed cores make every
     job several times slower than an idle core would."""
     return max(1, cores // parallel_jobs() // max(1, processes))
+
+
+def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """Fill every setting left at null with the value of ``model.cell``'s recipe (``recipes.<cell>``, else
+    ``recipes.default``); a value already set, on the command line or by an experiment, stays. Returns what was
+    taken from the recipe, flattened (``{"optim.lr": 0.03, …}``), for the run to print. A setting that stays null
+    is one line naming it."""
+    from tangshi.errors import TangshiError
+
+    recipes = cfg.get("recipes") or {}
+    cell = cfg.model.cell
+    recipe = recipes.get(cell) if cell in recipes else recipes.get("default")
+    raw = OmegaConf.to_container(cfg, resolve=False)  # interpolations count as set: they are not resolved here
+    taken = {}
+    for key, value in _flatten(OmegaConf.to_container(recipe, resolve=True) if recipe else {}).items():
+        if _raw(raw, key) is None:
+            OmegaConf.update(cfg, key, value, merge=False)
+            taken[key] = value
+    unset = [k for k in RECIPE_KEYS if _raw(OmegaConf.to_container(cfg, resolve=False), k) is None]
+    if unset:
+        raise TangshiError(
+            f"{', '.join(unset)} left at null and model.cell={cell} has no recipe for "
+            f"{'it' if len(unset) == 1 else 'them'}: set {'it' if len(unset) == 1 else 'them'}, or recipes.{cell}"
+        )
+    return taken
+
+
+# The settings a recipe decides (null in conf/: the cell's recipe fills them).
+RECIPE_KEYS = (
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.warmup_steps",
+    "model.dropout",
+    "data.batch_size",
+    "trainer.max_steps",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def _raw(container: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(container, dict) or part not in container:
+            return None
+        container = container[part]
+    return container

@@ -39,18 +39,13 @@ def check_optim(optim: dict[str, Any]) -> None:
 
 
 def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None) -> dict[str, Any]:
-    """The optimiser settings with ``lr`` taken from ``lr_by_cell[cell]`` when that mapping is set, and scaled
-    by ``(lr_reference_budget / param_budget) ** lr_by_size_exponent`` when those are set (experiment=scaling:
-    rates tuned at one core size, carried to others by a rule). The exponent is a number, or a mapping from
-    cell to number: the gated cells and the RNN follow different rules (README, Convergence and scale)."""
+    """The optimiser settings with ``lr`` scaled by ``(lr_reference_budget / param_budget) **
+    lr_by_size_exponent`` when those are set (experiment=scaling: the cells' rates at one core size, carried to
+    others by a rule). The exponent is a number, or a mapping from cell to number: the gated cells and the RNN
+    follow different rules (docs/convergence.md)."""
     optim = dict(optim)
-    by_cell = optim.pop("lr_by_cell", None)
     exponent = optim.pop("lr_by_size_exponent", None)
     reference = optim.pop("lr_reference_budget", None)
-    if by_cell:
-        if cell not in by_cell:
-            raise TangshiError(f"optim.lr_by_cell has no rate for cell {cell!r}; it has: {', '.join(by_cell)}")
-        optim["lr"] = by_cell[cell]
     if isinstance(exponent, Mapping):
         if cell not in exponent:
             raise TangshiError(

@@ -5,7 +5,7 @@ the rate and core size a run used are computed from several settings. The record
 used, so a reader of runs reads them and never rebuilds them:
 
 * ``config``: the whole config with every interpolation resolved, and the model, optimiser and trainer settings
-  replaced by what the run used (the rate after ``lr_by_cell`` and the size rule, the hidden size a parameter
+  replaced by what the run used (the cell's recipe filled in, the rate after the size rule, the hidden size a parameter
   budget chose, the precision Lightning ran).
 * ``environment``: Python, torch and Lightning versions, the CPU and whether it has AMX, threads, the GPU, and
   the git commit with whether the tree was dirty.
@@ -26,7 +26,7 @@ import torch
 from tangshi.config import cpu_has_amx
 
 # What a run *is*: the settings that change what is trained and how it is scored. Everything else in the config
-# (paths, task and run names, logging, callbacks, the poems sampled for people, the recipe table `tuned`, whose
+# (paths, task and run names, logging, callbacks, the poems sampled for people, the recipe table `recipes`, whose
 # chosen values already stand in model/optim/data/trainer) never tells two runs apart.
 EXPERIMENT_GROUPS = ("model", "optim", "data", "trainer")
 # trainer settings that only change what is shown while training

@@ -21,7 +21,7 @@ from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
-from tangshi.config import command_line_keys, cpu_has_amx, default_threads, to_plain
+from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
@@ -44,6 +44,9 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     summary: dict[str, Any] = {"status": "running", "cell": cfg.model.cell, "seed": cfg.seed, "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
     # Settings errors surface here, in one line, before any data is read.
+    taken = apply_recipe(cfg)
+    if taken:
+        log.info("recipe of %s: %s", cfg.model.cell, ", ".join(f"{k} {v:g}" for k, v in taken.items()))
     check_config(**to_plain(cfg.model))
     model_cfg = resolve_budget(to_plain(cfg.model))
     optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
