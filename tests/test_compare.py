@@ -10,8 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tangshi.atomic import write_json
+from tangshi.comparison import best_lr, group_runs, summarise
 from tangshi.config import cpu_has_amx
-from tangshi.report import best_lr, group_runs, plot, summarise, to_markdown
+from tangshi.report import plot, to_markdown
 from tangshi.runs import Run, load
 from tangshi.stats import fisher_p, holm, mean_std, welch_p, wilson
 
