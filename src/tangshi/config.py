@@ -103,7 +103,7 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
     recipe = recipes.get(cell) if cell in recipes else recipes.get("default")
     raw = OmegaConf.to_container(cfg, resolve=False)  # interpolations count as set: they are not resolved here
     taken = {}
-    for key, value in _flatten(OmegaConf.to_container(recipe, resolve=True) if recipe else {}).items():
+    for key, value in flatten(OmegaConf.to_container(recipe, resolve=True) if recipe else {}).items():
         if _raw(raw, key) is None:
             OmegaConf.update(cfg, key, value, merge=False)
             taken[key] = value
@@ -127,12 +127,13 @@ RECIPE_KEYS = (
 )
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay values."""
     if not isinstance(d, dict):
         return {prefix[:-1]: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
+        out.update(flatten(v, f"{prefix}{k}."))
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tangshi.config import cpu_has_amx
+from tangshi.config import cpu_has_amx, flatten
 
 # What a run *is*: the settings that change what is trained and how it is scored. Everything else in the config
 # (paths, task and run names, logging, callbacks, the poems sampled for people, the recipe table `recipes`, whose
@@ -89,13 +89,3 @@ def experiment(record: dict[str, Any]) -> dict[str, Any]:
 
 
 UNKNOWN = "unknown"  # what a run made before records were written did not record
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay values."""
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}."))
-    return out

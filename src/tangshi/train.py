@@ -21,7 +21,7 @@ from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
-from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, to_plain
+from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, flatten, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
@@ -182,10 +182,10 @@ def check_same_run(previous: dict[str, Any], settings: dict[str, Any], run_dir: 
     """Resuming a run in place with other model, optimiser or data settings than it ran with (a GRU run resumed
     without its ``model.cell=gru`` would be composed as an LSTM) is one line naming what differs and the run's
     own command-line arguments. A run made before records is not checked."""
-    before = record.flatten({k: (previous.get("config") or {}).get(k) for k in settings})
+    before = flatten({k: (previous.get("config") or {}).get(k) for k in settings})
     if not previous.get("config"):
         return
-    now = record.flatten(settings)
+    now = flatten(settings)
     differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if differ:
         changes = ", ".join(f"{k} {now.get(k)!r}, was {before.get(k)!r}" for k in differ[:3])
