@@ -204,7 +204,6 @@ def test_resume_with_another_vocabulary_is_refused(compose_train, tmp_path):
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["trainer=cpu"],
         ["trainer=gpu"],
         ["trainer=ddp"],
         ["trainer=ddp_cpu"],

@@ -15,6 +15,7 @@ from tangshi.atomic import write_json, write_text
 from tangshi.comparison import POSITION_CLASSES, SPREAD, baselines, group_runs, summarise
 from tangshi.errors import TangshiError
 from tangshi.formatting import markdown_table
+from tangshi.poem_sets import SETS
 from tangshi.runs import Run, is_search, load, searches
 from tangshi.stats import mean_std
 
@@ -182,7 +183,8 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     tests = summary["tests"]
     if tests:
         pairs = sorted({pair for col in tests.values() for pair in col}, key=list(tests[next(iter(tests))]).index)
-        cols = list(tests)
+        order = ["best_val_bpc", "test_bpc", *(f"{name}_rhyme" for name in SETS)]
+        cols = sorted(tests, key=lambda c: order.index(c) if c in order else len(order))
         lines += [
             "",
             "Two-sided p-values, raw / Holm-adjusted over the pairs of each column. bpc: Welch's t-test over seeds;",
