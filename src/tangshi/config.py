@@ -104,10 +104,10 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
     raw = OmegaConf.to_container(cfg, resolve=False)  # interpolations count as set: they are not resolved here
     taken = {}
     for key, value in flatten(OmegaConf.to_container(recipe, resolve=True) if recipe else {}).items():
-        if _raw(raw, key) is None:
+        if _raw(raw, key) is None and value is not None:
             OmegaConf.update(cfg, key, value, merge=False)
             taken[key] = value
-    unset = [k for k in RECIPE_KEYS if _raw(OmegaConf.to_container(cfg, resolve=False), k) is None]
+    unset = [k for k in RECIPE_KEYS if _raw(raw, k) is None and k not in taken]
     if unset:
         raise TangshiError(
             f"{', '.join(unset)} left at null and model.cell={cell} has no recipe for "

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ class Run:
     def status(self) -> str:
         return str(self.metrics.get("status", "unknown"))
 
-    @property
+    @cached_property
     def settings(self) -> dict[str, Any]:
-        """What tells this run apart from others: the experiment settings, the seed aside."""
+        """What tells this run apart from others: the experiment settings, the seed aside (read once: grouping,
+        labels and every column ask for it)."""
         return experiment(self.record)
 
     @property

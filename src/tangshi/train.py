@@ -71,7 +71,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
                 Path(ckpt_path).name if ckpt_path != "last" else "last.ckpt",
             )
     log.info("learning rate: %g", optim["lr"])
-    datamodule = PoemDataModule.from_config(to_plain(cfg.data), cfg.paths.data_dir, seed=cfg.seed)
+    datamodule = PoemDataModule.from_config(settings["data"], cfg.paths.data_dir, seed=cfg.seed)
     SamplingConfig(**to_plain(cfg.samples))
     devices = cfg.trainer.get("devices")
     processes = devices if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
@@ -106,7 +106,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             model=model_cfg,
             optim=optim,
             vocab=datamodule.vocab.to_dict(),
-            data=to_plain(cfg.data),
+            data=settings["data"],
         )
         summary["params"] = module.model.param_counts()
         summary["hidden_size"] = model_cfg["hidden_size"]
@@ -182,9 +182,9 @@ def check_same_run(previous: dict[str, Any], settings: dict[str, Any], run_dir: 
     """Resuming a run in place with other model, optimiser or data settings than it ran with (a GRU run resumed
     without its ``model.cell=gru`` would be composed as an LSTM) is one line naming what differs and the run's
     own command-line arguments. A run made before records is not checked."""
-    before = flatten({k: (previous.get("config") or {}).get(k) for k in settings})
     if not previous.get("config"):
         return
+    before = flatten({k: previous["config"].get(k) for k in settings})
     now = flatten(settings)
     differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if differ:
