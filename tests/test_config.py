@@ -81,7 +81,7 @@ def test_code_defaults_equal_config_defaults():
 
     from tangshi.callbacks import GradientFlow
     from tangshi.model import CharLM
-    from tangshi.module import BETAS
+    from tangshi.optimizer import BETAS
 
     model_yaml = yaml.safe_load((ROOT / "conf" / "model" / "charlm.yaml").read_text(encoding="utf-8"))
     train_yaml = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text(encoding="utf-8"))

@@ -487,14 +487,20 @@ def test_learning_rate_warms_up_as_configured_then_decays_to_the_floor(compose_t
     assert 0.001 <= lr[39] < 0.0011  # the last step nearly at the floor, 0.1 x lr, reached at step 40
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 @pytest.mark.parametrize(
-    ("cell", "embeddings"), [("lstm", {"embed.weight"}), ("transformer", {"embed.weight", "core.pos.weight"})]
+    ("cell", "embeddings"),
+    [
+        ("lstm", {"embed.weight"}),
+        ("transformer", {"embed.weight", "core.pos.weight"}),
+        ("gru", {"embed.weight", "structure.table.weight"}),
+    ],
 )
-def test_weight_decay_skips_biases_and_embeddings(prepared, cell, embeddings):
-    # With zero gradients an AdamW step is decay alone: weight matrices shrink by lr x wd, the rest stays. The
-    # Transformer's learned positions are an embedding too (the old code decayed them).
-    optim = {"lr": 0.1, "weight_decay": 0.5, "scheduler": "constant"}
-    model = {"cell": cell, "embed_dim": 8, "hidden_size": 16, "num_layers": 1, "heads": 2}
+def test_weight_decay_skips_biases_and_embeddings(prepared, cell, embeddings, optimizer):
+    # With zero gradients a step is decay alone (AdamW's and Muon's alike): weight matrices shrink by lr x wd,
+    # the rest stays. The Transformer's learned positions and the structure features are embeddings too.
+    optim = {"lr": 0.1, "weight_decay": 0.5, "scheduler": "constant", "optimizer": optimizer}
+    model = {"cell": cell, "embed_dim": 8, "hidden_size": 16, "num_layers": 1, "heads": 2, "structure": cell == "gru"}
     module = PoemLM(model, optim, prepared.vocab.to_dict())
     optimizer = module.configure_optimizers()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
@@ -507,6 +513,36 @@ def test_weight_decay_skips_biases_and_embeddings(prepared, cell, embeddings):
         expected = before[name] * (1 - 0.1 * 0.5) if matrix else before[name]
         assert torch.allclose(p.detach(), expected), name
     assert any(n.startswith("core.") and p.ndim >= 2 for n, p in before.items())
+
+
+def test_muon_takes_the_cores_matrices_and_trains_resumes_and_extends(compose_train, prepared):
+    from tangshi.optimizer import MuonWithAdamW
+
+    model = {"cell": "gru", "embed_dim": 8, "hidden_size": 16, "num_layers": 1, "head": "adaptive"}
+    module = PoemLM(model, {"lr": 0.01, "optimizer": "muon", "scheduler": "constant"}, prepared.vocab.to_dict())
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, MuonWithAdamW)
+    muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    names = {n for n, p in module.model.named_parameters() if id(p) in muon}
+    assert names == {"core.weight_ih_l0", "core.weight_hh_l0"}, names  # not the embedding, not the head
+    # one step on a real batch: Muon's update of a matrix is orthogonalised, its singular values near-equal
+    batch = collate([torch.tensor(prepared.vocab.encode(b)) for b in prepared.splits["train"][:16]])
+    w = module.model.core.weight_hh_l0
+    start = w.detach().clone()
+    module._step(batch)[0].backward()
+    grad = torch.linalg.svdvals(w.grad.double())
+    optimizer.step()
+    update = torch.linalg.svdvals((w.detach() - start).double())
+    # the middle of the spectrum: within a factor 2 of the top for the update, far below it for the gradient
+    assert update.median() > 0.5 * update.max() and grad.median() < 0.2 * grad.max(), (update, grad)
+
+    muon_run = ("model.cell=gru", "optim.optimizer=muon")
+    cfg = compose_train(*muon_run)
+    before = _initial_val_loss(cfg)
+    first = train(cfg)
+    assert first["status"] == "completed" and first["best_val_loss"] < before - 0.05, (before, first["best_val_loss"])
+    longer = train(compose_train(*muon_run, "ckpt_path=last", "trainer.max_steps=60"))
+    assert longer["status"] == "completed" and longer["steps"] == 60  # both optimisers' states loaded back
 
 
 def test_an_extended_run_continues_its_schedule_without_a_jump(compose_train, tmp_path):

@@ -50,7 +50,7 @@ def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
     core = model.core
     if not getattr(core, "recurrent", False):
         raise TangshiError(f"gradient flow through time needs a recurrent core, not a {model.cell}")
-    x = model.embed(inputs)
+    x, _ = model.embed_inputs(inputs)
     layers = core.num_layers
     state: list[Any] = [None] * layers
     states: list[list[Tensor]] = [[] for _ in range(layers)]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from tangshi.cells import GRUCore, LSTMCore, MinGRUCore, MinLSTMCore, RNNCore, State
 from tangshi.errors import TangshiError, require_positive_int
+from tangshi.structure import StructState, StructureFeatures
 from tangshi.transformer import POSITIONS, TransformerCore
 
 if TYPE_CHECKING:
@@ -127,7 +128,11 @@ class CharLM(nn.Module):
         heads: int = 4,
         positions: str = "learned",
         mlp_width: int | None = None,
+        structure: bool = False,
+        itos: Sequence[str] | None = None,
     ):
+        """``structure``: add :mod:`tangshi.structure`'s features of the characters written so far to the
+        embedding (needs ``itos``, the vocabulary's characters)."""
         super().__init__()
         check_config(
             cell=cell,
@@ -162,6 +167,10 @@ class CharLM(nn.Module):
         else:
             cutoffs = head_cutoffs(adaptive_cutoffs, vocab_size)
             self.decoder = nn.AdaptiveLogSoftmaxWithLoss(out_dim, vocab_size, cutoffs, div_value=4.0, head_bias=True)
+        if structure and (itos is None or len(itos) != vocab_size):
+            raise TangshiError("model.structure=true needs the vocabulary's characters (itos) to compute its features")
+        # last, so a model with structure starts from the same weights as one without under the same seed
+        self.structure = StructureFeatures(itos, embed_dim) if structure and itos is not None else None
         self.reset_parameters(unigram_counts)
 
     @torch.no_grad()
@@ -184,23 +193,47 @@ class CharLM(nn.Module):
             cluster_mass = [log_p[a:b].exp().sum().log() for a, b in itertools.pairwise(bounds)]
             head.bias.copy_(torch.cat([log_p[:cut], torch.stack(cluster_mass)]))
 
+    def embed_inputs(self, x: Tensor, state: StructState | None = None) -> tuple[Tensor, StructState | None]:
+        """The core's inputs ``(B, T, E)`` for token ids ``x`` ``(B, T)``: the character embedding, plus the
+        structure features when ``structure`` is on (``state``: theirs before ``x``; returned after it)."""
+        e = self.embed(x)
+        if self.structure is None:
+            return e, None
+        f, state = self.structure(x, state)
+        return e + f, state
+
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the core's state after the last step."""
-        out, state = self.core(self.drop(self.embed(x)), state)
+        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the state after the last step: the
+        core's, paired with the structure features' when they are on."""
+        core_state, struct_state = self._split(state)
+        inputs, struct_state = self.embed_inputs(x, struct_state)
+        out, core_state = self.core(self.drop(inputs), core_state)
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)
-        return out, state
+        return out, self._join(core_state, struct_state)
 
     def step(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Features ``(B, D)`` after one more token per row (``tokens`` ``(B,)``), and the new state: what
         ``forward`` gives for a ``(B, 1)`` input in eval mode (no dropout), for decoding."""
-        h, state = self.core.step(self.embed(tokens), state)
-        return (self.proj(h) if self.proj is not None else h), state
+        core_state, struct_state = self._split(state)
+        inputs, struct_state = self.embed_inputs(tokens[:, None], struct_state)
+        h, core_state = self.core.step(inputs[:, 0], core_state)
+        return (self.proj(h) if self.proj is not None else h), self._join(core_state, struct_state)
 
     def select_state(self, state: State, index: Tensor) -> State:
         """The state of the batch rows in ``index`` (beams that survive, poems still being written)."""
-        return self.core.select(state, index)
+        core_state, struct_state = self._split(state)
+        core_state = self.core.select(core_state, index)
+        return self._join(core_state, struct_state.select(index) if struct_state is not None else None)
+
+    def _split(self, state: State | None) -> tuple[State | None, StructState | None]:
+        if self.structure is None or state is None:
+            return state, None
+        return state
+
+    def _join(self, core_state: State, struct_state: StructState | None) -> State:
+        return core_state if self.structure is None else (core_state, struct_state)
 
     def log_probs(self, features: Tensor) -> Tensor:
         """Next-character log-probabilities ``(..., V)`` from features ``(..., D)``."""
@@ -238,7 +271,8 @@ class CharLM(nn.Module):
             "core": count(self.core),
             "embedding": count(self.embed),
             "projection": count(self.proj),
-            "head": total - count(self.core) - count(self.embed) - count(self.proj),
+            "structure": count(self.structure),
+            "head": total - count(self.core) - count(self.embed) - count(self.proj) - count(self.structure),
             "total": total,
         }
 
@@ -334,7 +368,9 @@ def resolve_budget(model_cfg: dict) -> dict:
 def build_model(model_cfg: dict[str, Any], vocab: Vocab, init_bias: bool = True) -> CharLM:
     """The model a config describes, for ``vocab``; ``init_bias`` starts the output bias at the unigram
     distribution (a trained checkpoint's weights replace it anyway)."""
-    return CharLM(len(vocab), unigram_counts=vocab.counts if init_bias else None, **resolve_budget(model_cfg))
+    return CharLM(
+        len(vocab), unigram_counts=vocab.counts if init_bias else None, itos=vocab.itos, **resolve_budget(model_cfg)
+    )
 
 
 def bits(nats: float) -> float:

@@ -22,17 +22,19 @@ from torchmetrics.aggregation import MeanMetric
 from tangshi.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
 from tangshi.errors import TangshiError
 from tangshi.model import build_model
+from tangshi.optimizer import OPTIMIZERS, build_optimizer
 from tangshi.schedule import SCHEDULERS, Schedule
 from tangshi.vocab import Vocab
 
 log = logging.getLogger(__name__)
-BETAS = (0.9, 0.99)  # AdamW's, as conf/train.yaml has them (a test keeps the two equal)
 
 
 def check_optim(optim: dict[str, Any]) -> None:
     """One clear error for an optimiser setting that cannot work (cheap: call before heavy work)."""
     if optim.get("scheduler", "cosine") not in SCHEDULERS:
         raise TangshiError(f"unknown optim.scheduler {optim['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    if optim.get("optimizer", "adamw") not in OPTIMIZERS:
+        raise TangshiError(f"unknown optim.optimizer {optim['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
     lr = optim.get("lr")
     if not isinstance(lr, int | float) or isinstance(lr, bool) or not lr > 0:
         raise TangshiError(f"optim.lr must be a positive number, got {lr!r}")
@@ -213,17 +215,7 @@ class PoemLM(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.hparams.optim
-        # Weight decay on matrices only: biases, norms and embeddings (the rows of rare characters, the
-        # Transformer's learned positions) keep their scale.
-        embedded = {id(p) for m in self.model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (decay if p.ndim >= 2 and id(p) not in embedded else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o["lr"],
-            betas=tuple(o.get("betas", BETAS)),
-        )
+        optimizer = build_optimizer(self.model, o)
         kind = o.get("scheduler", "cosine")
         if kind == "constant":
             return optimizer

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Form(NamedTuple):
@@ -209,10 +209,11 @@ def _fixed_tone(phon: Phonology, char: str) -> str | None:
     return next(iter(tones)) if len(tones) == 1 else None
 
 
-def is_rhyme_position(line: int, col: int, width: int) -> bool:
+def is_rhyme_position(line: Any, col: Any, width: Any) -> Any:
     """Whether character ``col`` of ``line`` (both 0-based) in lines of ``width`` characters carries the rhyme:
-    the last character of every even line (lines 2, 4, 6, 8)."""
-    return line % 2 == 1 and col == width - 1
+    the last character of every even line (lines 2, 4, 6, 8). Ints give a bool; tensors (the structure
+    features, :mod:`tangshi.structure`) give a tensor of them, by the same rule."""
+    return (line % 2 == 1) & (col == width - 1)
 
 
 def rhyme_indices(body: str) -> list[int]:

@@ -1,0 +1,85 @@
+"""The optimiser (``optim.optimizer``): AdamW, or Muon for the core's weight matrices with AdamW for the rest.
+
+Weight decay falls on matrices only: biases and embeddings (the rows of rare characters, the structure
+features, the Transformer's learned positions) keep their scale. Muon (``torch.optim.Muon``, Jordan et al.
+2024) orthogonalises each update of a 2-D matrix; it is meant for hidden weights, so the embeddings and the
+softmax head stay with AdamW. Its rate is scaled to match AdamW's update size (``adjust_lr_fn=
+"match_rms_adamw"``, Liu et al. 2025), so one ``optim.lr`` and one ``optim.weight_decay`` serve both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from tangshi.errors import TangshiError
+
+OPTIMIZERS = ("adamw", "muon")
+BETAS = (0.9, 0.99)  # AdamW's, as conf/train.yaml has them (a test keeps the two equal)
+
+
+def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters weight decay falls on (matrices outside embeddings) and the rest."""
+    embedded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 and id(p) not in embedded else no_decay).append(p)
+    return decay, no_decay
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon for ``matrices``, AdamW for ``rest`` (dicts of param groups), seen by Lightning and the rate
+    schedule as one optimiser: its ``param_groups`` are the two optimisers' own group dicts, so a schedule
+    that sets ``lr`` there sets it for both."""
+
+    def __init__(
+        self, matrices: list[dict[str, Any]], rest: list[dict[str, Any]], lr: float, betas: tuple[float, float]
+    ):
+        self.muon = torch.optim.Muon(matrices, lr=lr, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas)
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {"lr": lr})
+        self._share_groups()
+
+    def _share_groups(self) -> None:
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._share_groups()  # loading replaced the group dicts
+
+
+def build_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser ``optim`` describes (``optimizer``, ``lr``, ``weight_decay``, ``betas``) for ``model``."""
+    kind = optim.get("optimizer", "adamw")
+    if kind not in OPTIMIZERS:
+        raise TangshiError(f"unknown optim.optimizer {kind!r}; allowed: {', '.join(OPTIMIZERS)}")
+    wd = float(optim.get("weight_decay", 0.0))
+    lr, betas = float(optim["lr"]), tuple(optim.get("betas", BETAS))
+    decay, no_decay = param_groups(model)
+    if kind == "adamw":
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas
+        )
+    hidden = {id(p) for part in (model.core, model.proj) if part is not None for p in part.parameters()}
+    matrices = [p for p in decay if id(p) in hidden]
+    rest = [{"params": [p for p in decay if id(p) not in hidden], "weight_decay": wd}]
+    return MuonWithAdamW(
+        [{"params": matrices, "weight_decay": wd}], [*rest, {"params": no_decay, "weight_decay": 0.0}], lr, betas
+    )

@@ -1,0 +1,140 @@
+"""Structure-aware inputs (``model.structure=true``): what the characters already written say about the poem's
+form and rhyme, added to the character embedding of every step.
+
+SongNet (Li et al., ACL 2020) gives a Transformer format and rhyme symbols as extra inputs. Here the features
+are computed from the tokens read so far and nothing else, so they work for every core, in training and in
+stepwise decoding alike, and the loss stays a true per-character loss (no extra tokens, no look-ahead).
+
+After reading token x_t, the features describe the character about to be written (x_{t+1}):
+
+- its column in the line and the line's index (one-hot, the last value standing for "this many or more");
+- whether it closes a line, and whether it closes an even line (a rhyme position, :func:`poetics.is_rhyme_position`),
+  once the first line has shown the line width;
+- the 平仄 tones and 平水韵 level-tone categories of x_t, of the last rhyme character written, and the tone of
+  line 1's second character (which fixes the 平仄 pattern, :func:`poetics.pattern`).
+
+One function (:meth:`StructureFeatures.forward`) computes them for a chunk of tokens from a running state; a
+whole sequence at once (training) and one token at a time (decoding) give the same features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from tangshi.poetics import LINE_PUNCT, PING, ZE, is_hanzi, is_rhyme_position, phonology
+from tangshi.vocab import PAD_ID
+
+COLUMNS = 8  # one-hot columns 0..7, and "8 or more"
+LINES = 8  # one-hot lines 0..7, and "8 or more"
+OPENING_COL = 1  # line 1's second character fixes the 平仄 pattern (poetics.pattern)
+OTHER, HANZI, PUNCT = 0, 1, 2  # token kinds
+
+
+class StructState(NamedTuple):
+    """Where each row stands after the tokens read so far, all ``(B,)`` long tensors."""
+
+    line: Tensor  # lines closed
+    col: Tensor  # characters written in the current line
+    width: Tensor  # characters in line 1 once it closed; 0 before
+    rhyme: Tensor  # token id of the last rhyme character; PAD_ID before the first
+    opening: Tensor  # token id of line 1's second character; PAD_ID before it
+
+    def select(self, index: Tensor) -> StructState:
+        return StructState(*(t.index_select(0, index) for t in self))
+
+
+def _last_index(mask: Tensor) -> Tensor:
+    """``(B, T)``: for each position, the latest position at or before it where ``mask`` holds, or -1."""
+    idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+
+
+def _gather_or(values: Tensor, index: Tensor, default: Tensor) -> Tensor:
+    """``values`` ``(B, T)`` at ``index`` ``(B, T)`` where index >= 0, else the row's ``default`` ``(B,)``."""
+    got = values.gather(1, index.clamp(min=0))
+    return torch.where(index >= 0, got, default[:, None].expand_as(got))
+
+
+class StructureFeatures(nn.Module):
+    """Features of the tokens read so far, embedded to ``dim`` and added to the character embedding.
+
+    The per-token tables (kind, tones, categories) are buffers saved with the model, so a checkpoint keeps the
+    inputs it was trained with even if the rhyme table of :mod:`tangshi.poetics` changes later. The feature
+    table is an ``nn.Embedding`` (one row per feature, the active rows summed): it is an embedding and gets
+    no weight decay, like the character embedding.
+    """
+
+    def __init__(self, itos: Sequence[str], dim: int):
+        super().__init__()
+        phon = phonology()
+        cats = sorted({c for cs in phon.rhymes.values() for c in cs})
+        self.category_names = tuple(cats)  # the 平水韵 level-tone categories, in feature order
+        kind = torch.full((len(itos),), OTHER, dtype=torch.long)
+        tones = torch.zeros(len(itos), 2)
+        categories = torch.zeros(len(itos), len(cats))
+        for i, char in enumerate(itos):
+            if char in LINE_PUNCT:
+                kind[i] = PUNCT
+            elif is_hanzi(char):
+                kind[i] = HANZI
+                t = phon.tone(char)
+                tones[i] = torch.tensor([PING in t, ZE in t], dtype=torch.float)
+                for c in phon.categories(char):
+                    categories[i, cats.index(c)] = 1.0
+        self.register_buffer("kind", kind)
+        self.register_buffer("tones", tones)
+        self.register_buffer("categories", categories)
+        self.size = (COLUMNS + 1) + (LINES + 1) + 2 + 2 * (2 + len(cats)) + 2
+        self.table = nn.Embedding(self.size, dim)
+        nn.init.normal_(
+            self.table.weight, std=0.1 / 3
+        )  # about nine features are on: their sum near the embedding's scale
+
+    def initial(self, batch: int, device: torch.device) -> StructState:
+        zero = torch.zeros(batch, dtype=torch.long, device=device)
+        return StructState(zero, zero, zero, zero + PAD_ID, zero + PAD_ID)
+
+    def encode(self, ids: Tensor, state: StructState | None = None) -> tuple[Tensor, StructState]:
+        """The 0/1 features ``(B, T, size)`` after each token of ``ids`` ``(B, T)``, and the state after the
+        last one. ``state``: where the rows stood before ``ids`` (None: a poem starts, ``ids`` from its
+        ``<bos>``)."""
+        s = state if state is not None else self.initial(ids.shape[0], ids.device)
+        kind = self.kind[ids]
+        hanzi, punct = kind == HANZI, kind == PUNCT
+        closed = punct.long().cumsum(1)
+        line = s.line[:, None] + closed
+        written = hanzi.long().cumsum(1)  # characters up to and including each position
+        last_break = _last_index(punct)
+        col = torch.where(
+            last_break >= 0, written - written.gather(1, last_break.clamp(min=0)), s.col[:, None] + written
+        )
+        # line 1's width: the characters written before the poem's first punctuation
+        first = _last_index(punct & (closed == 1) & (s.line == 0)[:, None])
+        width = torch.where(first >= 0, s.col[:, None] + written.gather(1, first.clamp(min=0)), s.width[:, None])
+        # x_t is a rhyme character if it sits on a rhyme position: its column before it was written is col - 1
+        rhymed = hanzi & (width > 0) & is_rhyme_position(line, col - 1, width)
+        rhyme = _gather_or(ids, _last_index(rhymed), s.rhyme)
+        opening = _gather_or(ids, _last_index(hanzi & (line == 0) & (col == OPENING_COL + 1)), s.opening)
+        closes = (width > 0) & (col == width - 1)  # the next character is the last of its line
+        parts = [
+            nn.functional.one_hot(col.clamp(max=COLUMNS), COLUMNS + 1),
+            nn.functional.one_hot(line.clamp(max=LINES), LINES + 1),
+            closes[..., None],
+            (closes & is_rhyme_position(line, col, width))[..., None],
+            self.tones[ids],
+            self.categories[ids],
+            self.tones[rhyme],
+            self.categories[rhyme],
+            self.tones[opening],
+        ]
+        features = torch.cat([p.float() for p in parts], dim=-1)
+        return features, StructState(*(t[:, -1] for t in (line, col, width, rhyme, opening)))
+
+    def forward(self, ids: Tensor, state: StructState | None = None) -> tuple[Tensor, StructState]:
+        """Embedded features ``(B, T, dim)`` of ``ids`` ``(B, T)``, and the state after the last token."""
+        features, state = self.encode(ids, state)
+        return features @ self.table.weight, state
