@@ -1,8 +1,8 @@
 """Ship a trained model with the project.  python scripts/ship.py run=<run dir>
 
-Writes src/tangshi/shipped/<cell>.ckpt.gz: the run's best weights in half precision (gzip-compressed), with its
-settings, vocabulary, and how it was trained (command, steps, val bpc, and the test bpc re-measured with the
-half-precision weights).
+Writes src/tangshi/shipped/<cell>.safetensors.gz: the run's best weights in half precision (safetensors,
+gzip-compressed), with its settings, vocabulary, and how it was trained (command, steps, val bpc, and the test
+bpc re-measured with the half-precision weights).
 """
 
 import os

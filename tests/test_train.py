@@ -1,5 +1,6 @@
 """End to end through the real configs, the real Trainer and the real scripts, on the poem fixture."""
 
+import gzip
 import itertools
 import json
 import logging
@@ -292,21 +293,26 @@ def test_scripts_train_then_sample_in_fresh_processes(tmp_path):
     assert poems == run_script("sample.py", *args, cwd=tmp_path).stdout.strip().splitlines()
     assert not (tmp_path / "outputs" / "sample").exists() and not (tmp_path / ".hydra").exists()
 
-    # shipping it: half precision, gzip-compressed, the command that trained it, the test bpc of those weights
+    # shipping it: half-precision safetensors, gzip-compressed, the command that trained it, the test bpc of
+    # those weights, the vocabulary and settings in the metadata
     shipped = tmp_path / "shipped"
     out = run_script("ship.py", f"run={runs[0]}", f"out_dir={shipped}", f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    dest = shipped / "gru.ckpt.gz"
+    dest = shipped / "gru.safetensors.gz"
     assert dest.read_bytes()[:2] == checkpoint.GZIP_MAGIC and dest.stat().st_size < 0.6 * ckpt.stat().st_size
-    raw = checkpoint.read_checkpoint(dest)
-    assert {v.dtype for v in raw["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    raw, meta = checkpoint.read_weights(dest)
+    assert {v.dtype for v in raw.values() if v.is_floating_point()} == {torch.float16}
+    assert meta["vocab"]["itos"] == loaded.vocab.itos and meta["model"]["cell"] == "gru"
+    plain = tmp_path / "gru.safetensors"  # gunzipped, it is a plain safetensors file that loads the same
+    plain.write_bytes(gzip.decompress(dest.read_bytes()))
+    assert run_script("sample.py", f"ckpt={plain}", "n=2", "seed=0", cwd=tmp_path).returncode == 0
     info = checkpoint.load(dest).info
     assert info["command"].startswith("python scripts/train.py") and "model.cell=gru" in info["command"]
     metrics = json.loads((runs[0] / "metrics.json").read_text(encoding="utf-8"))
     assert info["test_bpc"] == pytest.approx(metrics["test_bpc"], abs=0.02)  # fp16 weights, same test split
-    truncated = tmp_path / "truncated.ckpt.gz"
+    truncated = tmp_path / "truncated.safetensors.gz"
     truncated.write_bytes(dest.read_bytes()[:4000])
-    with pytest.raises(CheckpointError, match="is corrupt, truncated or not a PyTorch file"):
+    with pytest.raises(CheckpointError, match="is corrupt, truncated or not safetensors"):
         checkpoint.load(truncated)
 
 

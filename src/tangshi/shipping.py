@@ -1,4 +1,4 @@
-"""The models shipped with the project: a run's best checkpoint, slimmed to half precision and gzip-compressed,
+"""The models shipped with the project: a run's best checkpoint, slimmed to half-precision safetensors,
 with how it was trained and its test bits/char as measured after the slimming (what ``src/tangshi/shipped/``
 holds)."""
 
@@ -15,7 +15,8 @@ from tangshi.errors import TangshiError
 
 
 def ship(run_dir: Path, out_dir: Path, data_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Export ``run_dir``'s best checkpoint to ``out_dir/<cell>.ckpt.gz``; returns its path and training record."""
+    """Export ``run_dir``'s best checkpoint to ``out_dir/<cell>.safetensors.gz``; returns its path and training
+    record."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise TangshiError(f"{run_dir} is not a run dir (no metrics.json)")
@@ -43,5 +44,5 @@ def ship(run_dir: Path, out_dir: Path, data_dir: Path) -> tuple[Path, dict[str, 
     loaded = checkpoint.load(dest)
     prepared = checkpoint.prepared_data(loaded, None, data_dir)
     training["test_bpc"] = split_loss(loaded.model, loaded.vocab, prepared.splits["test"])["bpc"]
-    checkpoint.export(metrics["best_checkpoint"], dest, training)  # now with the test bpc of these weights
+    checkpoint.export(dest, dest, training)  # now with the test bpc of these weights
     return dest, training
