@@ -1,6 +1,6 @@
 """Batched decoding of poems from a CharLM: sampling (temperature, top-k, top-p) or beam search, with a
 repetition penalty, a given beginning, acrostics (藏头诗), and logit masks that enforce a regular form,
-平水韵 rhyme and steer 平仄.
+平水韵 rhyme and steer 平仄 (:mod:`tangshi.constraints`).
 
 All poems of a call advance together, one batched step per character. A private ``torch.Generator`` makes
 results reproducible under ``seed`` without touching the global RNG (sampling during training must not
@@ -14,34 +14,22 @@ actually sampled from; masks last; top-k/top-p cut what is left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tangshi.constraints import Constraints
 from tangshi.errors import TangshiError
 from tangshi.model import CharLM
-from tangshi.poetics import (
-    FORMS,
-    LINE_PUNCT,
-    PING,
-    ZE,
-    Phonology,
-    is_hanzi,
-    is_rhyme_position,
-    pattern,
-    phonology,
-)
-from tangshi.vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
+from tangshi.poetics import FORMS, is_hanzi
+from tangshi.vocab import BOS_ID, EOS_ID, Vocab
 
-COMMA, STOP = "，", "。"
 # Bounds on what one request may ask for: a beam or a batch of rows costs memory in proportion (beam=100000 took
 # a studio server to 24 GB and the kernel killed it). The studio's controls show the same bounds.
 MAX_POEMS = 10_000  # a statistical test samples 6,000 at once
 MAX_BEAM = 64
 MAX_CHARS = 512  # max_len: the corpus's longest poem is 128 characters
-_DONE = 1 << 30  # line number of a finished poem
 
 
 @dataclass(frozen=True)
@@ -158,188 +146,11 @@ def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
-@dataclass
-class _Row:
-    """Where one poem stands: line and column, and what rhyme and tone it has committed to."""
-
-    line: int = 0
-    col: int = 0
-    cats: frozenset[str] | None = None  # the 平水韵 categories every rhyme so far shares
-    used: set[int] = field(default_factory=set)  # rhyme characters used
-    opening: str | None = None  # tone of line 1's second character: fixes the 平仄 pattern
-    seen: set[int] = field(default_factory=set)  # characters so far, for the repetition penalty
-
-    def copy(self) -> _Row:
-        return replace(self, used=set(self.used), seen=set(self.seen))
-
-
-class Constraints:
-    """Which tokens each poem may emit next, given what it has so far: a small state machine per row.
-
-    Without a form and acrostic it only bans ``<pad> <bos> <unk>``. With a form: Chinese characters inside a
-    line, then ，after odd lines and 。after even ones, then ``<eos>``. ``acrostic`` fixes each line's first
-    character; ``rhyme`` restricts even lines' last characters to line 2's 平声 category (no rhyme character
-    twice); ``tone`` adds a bias toward the 平仄 pattern that line 1's second character opens.
-    """
-
-    def __init__(self, vocab: Vocab, cfg: SamplingConfig, device: torch.device, phon: Phonology | None = None):
-        self.cfg, self.vocab = cfg, vocab
-        self.form = FORMS[cfg.form] if cfg.form else None
-        v = len(vocab)
-        self.phon = phon or (phonology() if cfg.rhyme or cfg.tone else None)
-        self.free = torch.ones(v, dtype=torch.bool)  # anything but <pad> <bos> <unk>
-        self.free[[i for i in range(len(SPECIALS)) if i != EOS_ID]] = False
-        self.chars = self.free.clone()  # Chinese characters only
-        self.chars[EOS_ID] = False
-        self.chars[[vocab.stoi[p] for p in LINE_PUNCT if p in vocab.stoi]] = False
-        self._cache: dict[object, Tensor] = {}
-        for c in (COMMA, STOP):
-            if self.form is not None and c not in vocab.stoi:
-                raise TangshiError(f"the model's vocabulary lacks {c!r}, so it cannot write a {cfg.form}")
-        if self.phon is not None:
-            self.oblique = self._mask(lambda c: self.phon.tone(c) == frozenset({ZE}))  # type: ignore[union-attr]
-            # A rhyme category is only opened if the vocabulary holds a character for every rhyme of the form,
-            # so the poem never has to repeat a rhyme character.
-            rhymes = self.form.lines // 2 if self.form is not None else 1
-            size: dict[str, int] = {}
-            for c in (c for i, c in enumerate(vocab.itos) if self.chars[i]):
-                for cat in self.phon.categories(c):
-                    size[cat] = size.get(cat, 0) + 1
-            self.open_categories = frozenset(cat for cat, k in size.items() if k >= rhymes)
-            if cfg.rhyme and not self.open_categories:
-                raise TangshiError(
-                    f"no 平水韵 level-tone category has {rhymes} characters in the model's vocabulary, so it cannot "
-                    f"rhyme a {cfg.form}"
-                )
-            self.rhyme_any = self._mask(lambda c: bool(self.phon.categories(c) & self.open_categories))  # type: ignore[union-attr]
-            self.level_only = self._mask(lambda c: self.phon.tone(c) == frozenset({PING}))  # type: ignore[union-attr]
-        # the 平仄 pattern for each tone line 1's second character may open with
-        self.patterns = {t: pattern(cfg.form, t) for t in (PING, ZE)} if cfg.form else {}
-        self.device = device
-        self.rows: list[_Row] = []
-
-    def _mask(self, keep: Callable[[str], bool]) -> Tensor:
-        m = torch.zeros(len(self.vocab), dtype=torch.bool)
-        for i, c in enumerate(self.vocab.itos):
-            if i >= len(SPECIALS) and keep(c):
-                m[i] = True
-        return m & self.chars
-
-    def _single(self, token: int) -> Tensor:
-        if token not in self._cache:
-            m = torch.zeros(len(self.vocab), dtype=torch.bool)
-            m[token] = True
-            self._cache[token] = m
-        return self._cache[token]
-
-    def start(self, rows: int) -> None:
-        self.rows = [_Row() for _ in range(rows)]
-
-    def reorder(self, index: list[int]) -> None:
-        """Rows follow their beams (or one prompt row fans out to n poems)."""
-        self.rows = [self.rows[i].copy() for i in index]
-
-    def _allowed_row(self, r: _Row) -> Tensor:
-        cfg, form = self.cfg, self.form
-        acro = cfg.acrostic
-        if form is None:
-            if acro:
-                if r.col == 0:
-                    if r.line < len(acro):
-                        return self._single(self.vocab.stoi[acro[r.line]])
-                    return self._single(EOS_ID)
-                m = self.free.clone()
-                m[EOS_ID] = False  # the acrostic's lines are not all written yet
-                return m
-            return self.free
-        if r.line >= form.lines:
-            return self._single(EOS_ID)
-        if r.col == form.chars_per_line:
-            return self._single(self.vocab.stoi[COMMA if r.line % 2 == 0 else STOP])
-        if r.col == 0 and r.line < len(acro):
-            return self._single(self.vocab.stoi[acro[r.line]])
-        if cfg.rhyme and is_rhyme_position(r.line, r.col, form.chars_per_line):
-            if r.cats is None:
-                return self.rhyme_any
-            m = self._category_mask(r.cats)
-            fresh = m.clone()
-            for t in r.used:
-                fresh[t] = False
-            return fresh if fresh.any() else m
-        return self.chars
-
-    def _category_mask(self, cats: frozenset[str]) -> Tensor:
-        if cats not in self._cache:
-            self._cache[cats] = self._mask(lambda c: bool(self.phon.categories(c) & cats))  # type: ignore[union-attr]
-        return self._cache[cats]
-
-    def _bias_row(self, r: _Row) -> Tensor | None:
-        """A bias against characters of the wrong tone where the regular pattern (:func:`poetics.pattern`)
-        wants one; before line 1's second character fixes the pattern, only the rhyme positions' 平."""
-        form = self.form
-        if not self.cfg.tone or form is None or r.line >= form.lines or r.col >= form.chars_per_line:
-            return None
-        if r.opening is not None:
-            want = self.patterns[r.opening][r.line].get(r.col)
-        else:
-            want = PING if is_rhyme_position(r.line, r.col, form.chars_per_line) else None
-        if want is None:
-            return None
-        wrong = self.oblique if want == PING else self.level_only
-        return wrong.float() * -self.cfg.tone_bias
-
-    def allowed(self) -> Tensor:
-        """``(rows, V)``, or ``(1, V)`` when every row has the same mask (always so without a form): it broadcasts,
-        which spares a ``(rows, V)`` copy per step."""
-        masks = [self._allowed_row(r) for r in self.rows]
-        if all(m is masks[0] for m in masks):
-            return masks[0][None].to(self.device)
-        return torch.stack(masks).to(self.device)
-
-    def bias(self) -> Tensor | None:
-        biases = [self._bias_row(r) for r in self.rows]
-        if all(b is None for b in biases):
-            return None
-        zero = torch.zeros(len(self.vocab))
-        return torch.stack([zero if b is None else b for b in biases]).to(self.device)
-
-    def advance(self, tokens: list[int]) -> None:
-        for r, t in zip(self.rows, tokens, strict=True):
-            char = self.vocab.itos[t]
-            if t == EOS_ID or r.line == _DONE or (self.form is not None and r.line >= self.form.lines):
-                r.line = _DONE
-                continue
-            if char in LINE_PUNCT:
-                r.line += 1
-                r.col = 0
-                continue
-            r.seen.add(t)
-            form = self.form
-            if form is not None and self.phon is not None:
-                if r.line == 0 and r.col == 1 and r.opening is None:
-                    tones = self.phon.tone(char)
-                    r.opening = ZE if tones == frozenset({ZE}) else PING
-                if is_rhyme_position(r.line, r.col, form.chars_per_line):
-                    # narrow to the categories every rhyme so far shares (还 is in both 删 and 先)
-                    cats = self.phon.categories(char) & self.open_categories
-                    r.cats = cats if r.cats is None else (r.cats & cats) or r.cats
-                    r.used.add(t)
-            r.col += 1
-
-    def seen(self) -> Tensor:
-        """``(rows, V)``: True where a character is already in the row's poem."""
-        seen = torch.zeros(len(self.rows), len(self.vocab), dtype=torch.bool)
-        for i, r in enumerate(self.rows):
-            if r.seen:
-                seen[i, list(r.seen)] = True
-        return seen.to(self.device)
-
-
 def _prepare(model: CharLM, vocab: Vocab, cfg: SamplingConfig) -> tuple[list[int], Constraints, torch.device]:
     prompt = vocab.require(cfg.begin, "begin")
     vocab.require(cfg.acrostic, "acrostic")
     device = next(model.parameters()).device
-    cons = Constraints(vocab, cfg, device)
+    cons = Constraints(vocab, device, cfg.form, cfg.acrostic, cfg.rhyme, cfg.tone, cfg.tone_bias)
     # Walk the beginning through the constraints: a beginning that breaks the form is an error, not a poem.
     cons.start(1)
     for i, t in enumerate(prompt):
