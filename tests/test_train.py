@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tangshi import checkpoint
-from tangshi.batches import PoemDataset, collate
+from tangshi.batches import collate
 from tangshi.checkpoint import CheckpointError
 from tangshi.config import to_plain
 from tangshi.datamodule import PoemDataModule
@@ -454,23 +454,17 @@ def test_param_budget_sets_the_hidden_size_recorded_in_the_checkpoint(compose_tr
     assert abs(summary["params"]["core"] - 30000) <= 600
 
 
-def test_clipping_uses_the_global_norm_it_records(prepared):
-    """One norm computation serves the log and the clipping: after clipping at a tenth of the norm, the
-    gradient's global norm is that tenth, and the step counts as clipped."""
-    model_cfg = {"cell": "gru", "embed_dim": 8, "hidden_size": 16, "num_layers": 1}
-    module = PoemLM(model_cfg, {"lr": 1e-3}, prepared.vocab.to_dict())
-    optimizer = torch.optim.AdamW(module.parameters())
-    ds = PoemDataset(prepared.splits["train"][:8], prepared.vocab)
-    batch = collate([ds[i] for i in range(8)])
-    loss, _ = module._step(batch)
-    loss.backward()
-    before = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()]).item()
-    module.configure_gradient_clipping(optimizer, gradient_clip_val=before / 10)
-    after = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()]).item()
-    assert after == pytest.approx(before / 10, rel=1e-4)
-    assert module.grad_summary() == pytest.approx(
-        {"grad_norm_mean": before, "grad_norm_max": before, "clip_share": 1.0}
-    )
+@pytest.mark.parametrize(("clip", "share"), [(1e-4, 1.0), (1e9, 0.0)])
+def test_the_recorded_gradient_norm_is_the_one_before_clipping(compose_train, clip, share):
+    """Clipped at 1e-4, every step counts as clipped and the norms recorded are the raw ones, far above it; at
+    1e9 none is clipped. The norms in TensorBoard and the record agree."""
+    cfg = compose_train(f"trainer.gradient_clip_val={clip}", "trainer.log_every_n_steps=1")
+    summary = train(cfg)
+    norms = _scalars(Path(cfg.paths.output_dir), "train/grad_norm")
+    assert len(norms) == 40 and min(norms.values()) > 1e-2
+    assert summary["clip_share"] == share
+    assert summary["grad_norm_max"] == pytest.approx(max(norms.values()), rel=1e-5)
+    assert summary["grad_norm_mean"] == pytest.approx(sum(norms.values()) / 40, rel=1e-5)
 
 
 # -- schedule, parameter groups, stopping rules ---------------------------------------------------------

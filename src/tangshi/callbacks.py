@@ -19,8 +19,105 @@ from tangshi import figures
 from tangshi.atomic import write_json
 from tangshi.errors import TangshiError, require_positive_int
 from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
+from tangshi.model import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
+
+
+class TrainingClock(L.Callback):
+    """Seconds and tokens of the training steps only (forward, backward, optimiser step, from each batch's start
+    to its end), so validation, checkpoints and diagnostics never count as training. Logs ``train/tokens_per_s``
+    every step and ``time/train_s`` at every validation (the time axis of comparisons); both totals travel in
+    the checkpoint, so a resumed run's clock goes on. A run puts it first among its callbacks: its end-of-batch
+    reading then comes before any other callback's work."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.tokens = 0
+        self.first_step_at: float | None = None  # wall clock, for a run's start-up time
+        self._started: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._started = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._started is None:
+            return
+        seconds = time.perf_counter() - self._started
+        tokens = int((batch["targets"] != IGNORE_INDEX).sum())
+        self.seconds += seconds
+        self.tokens += tokens
+        pl_module.log("train/tokens_per_s", tokens * trainer.world_size / seconds, on_step=True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("time/train_s", self.seconds, reduce_fx="max")
+
+    def tokens_per_s(self, world_size: int = 1) -> float | None:
+        """Every rank trains on as many batches, so this rank's throughput stands for each rank's."""
+        return self.tokens * world_size / self.seconds if self.seconds else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "tokens": self.tokens}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds, self.tokens = float(state_dict["seconds"]), int(state_dict["tokens"])
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        old = checkpoint.get("tangshi", {})  # checkpoints from before this callback kept the clock there
+        if "train_seconds" in old:
+            self.seconds, self.tokens = float(old["train_seconds"]), int(old.get("timed_tokens", 0))
+
+
+class GradientNorms(L.Callback):
+    """The global gradient norm before clipping, every step (after mixed-precision unscaling and DDP's
+    all-reduce, before Lightning clips): logged as ``train/grad_norm``, spikes being exploding gradients, with
+    the share of steps clipping changed (``train/clip_share``). Kept as tensors so a GPU never waits on them;
+    the totals travel in the checkpoint."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads).float()
+        clip = trainer.gradient_clip_val
+        s = {k: self.stats.get(k, torch.zeros(())).to(norm.device) for k in ("steps", "clipped", "sum", "max")}
+        s["steps"] += 1
+        s["clipped"] += (norm > clip).float() if clip else 0.0
+        s["sum"] += norm
+        s["max"] = torch.maximum(s["max"], norm)
+        self.stats = s
+        pl_module.log("train/grad_norm", norm, on_step=True)
+        pl_module.log("train/clip_share", s["clipped"] / s["steps"], on_step=True)
+
+    def summary(self) -> dict[str, float]:
+        """Mean and largest norm before clipping, and the share of steps that clipping changed."""
+        s = {k: float(v) for k, v in self.stats.items()}
+        if not s.get("steps"):
+            return {}
+        return {
+            "grad_norm_mean": s["sum"] / s["steps"],
+            "grad_norm_max": s["max"],
+            "clip_share": s["clipped"] / s["steps"],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: float(v) for k, v in self.stats.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stats = {k: torch.tensor(float(v)) for k, v in state_dict.items()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        old = checkpoint.get("tangshi", {}).get("grad_stats")  # checkpoints from before this callback
+        if old:
+            self.stats = {k: torch.as_tensor(v).float() for k, v in old.items()}
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -181,15 +278,12 @@ class GradientFlow(L.Callback):
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._tokens is None:
             return
-        started = time.perf_counter()
         if self._start is not None:
             step, model = self._start
             self._start = None
             self._record(trainer, model, step, self._tokens)
         if not self.measurements or self.measurements[-1]["step"] != trainer.global_step:
             self._record(trainer, pl_module.model, trainer.global_step, self._tokens)  # type: ignore[arg-type]
-        if hasattr(pl_module, "pause_clock"):  # a diagnostic, not training: not every cell runs it
-            pl_module.pause_clock(time.perf_counter() - started)
 
     def _record(self, trainer: L.Trainer, model: Any, step: int, tokens: Tensor) -> None:
         norms = gradient_flow(model, tokens.to(next(model.parameters()).device))

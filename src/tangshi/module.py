@@ -1,16 +1,16 @@
-"""PoemLM: the LightningModule that trains a CharLM and logs what a researcher compares cells by.
+"""PoemLM: the LightningModule that trains a CharLM: its steps, loss, optimiser and schedule, and what its
+checkpoint carries besides the weights.
 
 Losses are means over real (non-pad) tokens, aggregated over an epoch as total NLL / total tokens, so a
 batch of short poems does not count as much as a batch of long ones. Logged: ``{train,val,test}/loss``
-(nats/char), ``/bpc`` (bits/char), ``/ppl``; ``train/grad_norm`` (before clipping), ``train/tokens_per_s``,
-the learning rate, and a few sampled poems as text after each validation.
+(nats/char), ``/bpc`` (bits/char), ``/ppl`` and the learning rate. Throughput, training time, gradient norms,
+gradient flow and sampled poems are callbacks' (:mod:`tangshi.callbacks`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,14 +79,6 @@ class PoemLM(L.LightningModule):
         self.vocab = Vocab.from_dict(vocab)
         self.model = build_model(model, self.vocab)
         self.metrics = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
-        self._clock: float | None = None
-        self.tokens_seen = 0
-        self.first_step_at: float | None = None  # wall clock, for start-up time
-        self.train_seconds = 0.0
-        self.timed_tokens = 0
-        self._clock_tokens = 0
-        # Gradient-norm statistics over all steps, kept as tensors so a GPU never waits on them.
-        self.grad_stats: dict[str, Tensor] = {}
         self.schedule: Schedule | None = None
         self._restored_schedule: tuple[int, dict[str, Any]] | None = None  # (step, state) from a checkpoint
 
@@ -121,68 +113,10 @@ class PoemLM(L.LightningModule):
                 "and resume from the last good checkpoint (last.ckpt) if you like"
             )
         n = int(count)
-        self.tokens_seen += n
-        # The time from one step's start to the next is the previous step's work: credit it with the previous
-        # step's tokens. The clock restarts after every validation, so throughput counts training only.
-        now = time.perf_counter()
-        if self._clock is not None:
-            dt = now - self._clock
-            self.train_seconds += dt
-            self.timed_tokens += self._clock_tokens
-            self.log("train/tokens_per_s", self._clock_tokens * self.trainer.world_size / dt, on_step=True)
-        self._clock, self._clock_tokens = now, n
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
         self.log("train/bpc", loss / math.log(2), on_step=True, batch_size=n)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)  # type: ignore[union-attr]
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self._clock = None
-
-    def pause_clock(self, seconds: float) -> None:
-        """Leave ``seconds`` spent between two steps (a diagnostic) out of the training time."""
-        if self._clock is not None:
-            self._clock += seconds
-
-    def on_validation_start(self) -> None:
-        self._clock = None
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: Any = None,
-    ) -> None:
-        """Clip by global norm and log that norm, from one norm computation (Lightning's default clipping
-        would compute it again). Called after mixed-precision unscaling and DDP's all-reduce, every step."""
-        if gradient_clip_algorithm not in (None, "norm"):  # "value" clipping: Lightning's own, norm not logged
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return None
-        # the raw norm, before clipping: spikes here are exploding gradients
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
-        if gradient_clip_val:
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
-        self.log("train/grad_norm", norm, on_step=True)
-        stats = {k: self.grad_stats.get(k, torch.zeros(())).to(norm.device) for k in ("steps", "clipped", "sum", "max")}
-        stats["steps"] += 1
-        stats["clipped"] += (norm > gradient_clip_val).float() if gradient_clip_val else 0.0
-        stats["sum"] += norm
-        stats["max"] = torch.maximum(stats["max"], norm)
-        self.grad_stats = stats
-        self.log("train/clip_share", stats["clipped"] / stats["steps"], on_step=True)
-        return None
-
-    def grad_summary(self) -> dict[str, float]:
-        """Mean and largest gradient norm before clipping, and the share of steps that clipping changed."""
-        s = {k: float(v) for k, v in self.grad_stats.items()}
-        if not s.get("steps"):
-            return {}
-        steps = s["steps"]
-        return {"grad_norm_mean": s["sum"] / steps, "grad_norm_max": s["max"], "clip_share": s["clipped"] / steps}
 
     def _eval_step(self, split: str, batch: dict[str, Tensor]) -> None:
         loss, count = self._step(batch)
@@ -204,9 +138,6 @@ class PoemLM(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
-        if not self.trainer.sanity_checking:
-            # the time axis of comparisons: seconds of training steps only, carried across resumes
-            self.log("time/train_s", self.train_seconds, reduce_fx="max")
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
@@ -252,10 +183,7 @@ class PoemLM(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "vocab": self.vocab.to_dict(),
             "torch_rng": torch.get_rng_state(),
-            "grad_stats": {k: v.cpu() for k, v in self.grad_stats.items()},
             "schedule": self.schedule.state() if self.schedule is not None else None,
-            "train_seconds": self.train_seconds,  # the clock of a resumed run goes on from here
-            "timed_tokens": self.timed_tokens,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -266,9 +194,6 @@ class PoemLM(L.LightningModule):
         rng = checkpoint[CHECKPOINT_KEY].get("torch_rng")
         if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming a fit
             torch.set_rng_state(rng)
-            self.grad_stats = dict(checkpoint[CHECKPOINT_KEY].get("grad_stats", {}))
-            self.train_seconds = float(checkpoint[CHECKPOINT_KEY].get("train_seconds", 0.0))
-            self.timed_tokens = int(checkpoint[CHECKPOINT_KEY].get("timed_tokens", 0))
             schedule = checkpoint[CHECKPOINT_KEY].get("schedule")
             if schedule is not None:
                 self._restored_schedule = (int(checkpoint.get("global_step", 0)), schedule)

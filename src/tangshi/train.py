@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
-from tangshi.callbacks import GradientFlow, StoppingRule, parse_duration
+from tangshi.callbacks import GradientFlow, GradientNorms, StoppingRule, TrainingClock, parse_duration
 from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, flatten, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
@@ -78,6 +78,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CPU_CORES, processes)))
 
     stopping = StoppingRule(parse_duration(time_limit(cfg)))
+    clock, norms = TrainingClock(), GradientNorms()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):  # the bar is a callback: drop it rather than fail
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -87,7 +88,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         cfg.trainer,
         max_time=None,  # StoppingRule enforces it, counting this process only
         logger=[instantiate(cfg.logger)] if cfg.get("logger") else False,
-        callbacks=[*callbacks, stopping],
+        callbacks=[clock, norms, *callbacks, stopping],  # the clock first: no other callback's work is timed
     )
     log.info("precision: %s%s", trainer.precision, " (this CPU has AMX)" if cpu_has_amx() else "")
     log.info("stopping rule: %s", stopping.describe(trainer))
@@ -119,20 +120,18 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
-        # every rank trains on as many batches, so this rank's throughput stands for each rank's
-        throughput = module.timed_tokens * trainer.world_size / module.train_seconds if module.train_seconds else None
         summary.update(
             steps=trainer.global_step,
             stopped_by=stopping.stopped_by,
             precision=str(trainer.precision),
-            startup_s=module.first_step_at - process_start if module.first_step_at else None,
-            train_started_at=module.first_step_at,  # wall clock: curves against time start here
+            startup_s=clock.first_step_at - process_start if clock.first_step_at else None,
+            train_started_at=clock.first_step_at,  # wall clock: curves against time start here
             launch_s=entered - process_start,  # of startup_s: imports and Hydra's composition, before train()
             epochs=trainer.current_epoch,
-            tokens_seen=module.tokens_seen,
-            tokens_per_s=throughput,
-            train_time_s=module.train_seconds,
-            **module.grad_summary(),
+            tokens_seen=clock.tokens,
+            tokens_per_s=clock.tokens_per_s(trainer.world_size),
+            train_time_s=clock.seconds,
+            **norms.summary(),
         )
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, GradientFlow) and cb.measurements:
