@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tangshi.errors import TangshiError
-from tangshi.model import CELLS, IGNORE_INDEX, CharLM, core_params, hidden_for_budget, resolve_budget
+from tangshi.model import CELLS, IGNORE_INDEX, CharLM, core_params, resolve_budget, settings_for_budget
 
 V = 50
 
@@ -157,7 +157,7 @@ def test_param_budget_resolves_hidden_size_and_refuses_impossible_budgets():
     )
     assert "param_budget" not in cfg and cfg["hidden_size"] > 256  # an RNN needs more units for a GRU's budget
     with pytest.raises(TangshiError, match="cannot be met within 2%"):
-        hidden_for_budget("lstm", 500, input_size=128, num_layers=2)
+        settings_for_budget("lstm", 500, input_size=128, num_layers=2)
 
 
 def test_out_dim_gives_every_cell_the_same_softmax_at_equal_core_budgets():

@@ -37,7 +37,7 @@ def test_phonology_reads_pingshui_in_simplified_characters():
     assert p.rhymes["东"] == {"上平声一东"} and p.tone("东") == {PING}
     assert p.tone("看") == {PING, ZE}  # read in either tone
     assert p.tone("发") == {ZE} and "发" not in p.rhymes  # 發 and 髮, both entering tone
-    assert p.rhymes_with("流", "楼") and not p.rhymes_with("流", "山")
+    assert p.categories("流") & p.categories("楼") and not p.categories("流") & p.categories("山")
     assert "啼" not in json.dumps(_pingshui_json(), ensure_ascii=False)  # not in the table: read ti2, level
     assert p.tone("啼") == {PING}
 

@@ -266,7 +266,7 @@ def test_scaling_carries_each_cells_rate_to_larger_cores_by_its_own_rule():
             assert resolve_lr(to_plain(cfg.optim), cell, budget)["lr"] == pytest.approx(lr)
     cfg = _composed("experiment=scaling", "model.cell=mingru")
     apply_recipe(cfg)
-    with pytest.raises(TangshiError, match="lr_by_size_exponent has no exponent for cell 'mingru'"):
+    with pytest.raises(TangshiError, match=r"model\.cell=mingru has no size rule: set recipes\.mingru"):
         resolve_lr(to_plain(cfg.optim), "mingru", 800_000)
 
 

@@ -339,11 +339,6 @@ def settings_for_budget(
     return out
 
 
-def hidden_for_budget(cell: str, budget: int, input_size: int, num_layers: int, **kwargs: Any) -> int:
-    """The hidden size of :func:`settings_for_budget`."""
-    return settings_for_budget(cell, budget, input_size, num_layers, **kwargs)["hidden_size"]
-
-
 def resolve_budget(model_cfg: dict) -> dict:
     """The model settings with ``param_budget`` (if set) turned into the matching ``hidden_size`` (and, for a
     transformer, ``mlp_width``)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -42,18 +41,17 @@ def check_optim(optim: dict[str, Any]) -> None:
 
 def resolve_lr(optim: dict[str, Any], cell: str, param_budget: int | None = None) -> dict[str, Any]:
     """The optimiser settings with ``lr`` scaled by ``(lr_reference_budget / param_budget) **
-    lr_by_size_exponent`` when those are set (experiment=scaling: the cells' rates at one core size, carried to
-    others by a rule). The exponent is a number, or a mapping from cell to number: the gated cells and the RNN
-    follow different rules (docs/convergence.md)."""
+    lr_by_size_exponent`` when a reference budget is set (experiment=scaling: the cells' rates at one core size,
+    carried to others by the rule in each cell's recipe; the gated cells and the RNN follow different rules,
+    docs/convergence.md)."""
     optim = dict(optim)
     exponent = optim.pop("lr_by_size_exponent", None)
     reference = optim.pop("lr_reference_budget", None)
-    if isinstance(exponent, Mapping):
-        if cell not in exponent:
-            raise TangshiError(
-                f"optim.lr_by_size_exponent has no exponent for cell {cell!r}; it has: {', '.join(exponent)}"
-            )
-        exponent = exponent[cell]
+    if reference and exponent is None:
+        raise TangshiError(
+            f"optim.lr_reference_budget is set but model.cell={cell} has no size rule: set "
+            f"recipes.{cell}.optim.lr_by_size_exponent (0 keeps the rate at every size)"
+        )
     if exponent and reference and param_budget:
         optim["lr"] = float(optim["lr"]) * (float(reference) / float(param_budget)) ** float(exponent)
     check_optim(optim)

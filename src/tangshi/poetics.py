@@ -101,9 +101,6 @@ class Phonology:
             self._fallback(char)
         return self.rhymes.get(char, frozenset())
 
-    def rhymes_with(self, a: str, b: str) -> bool:
-        return bool(self.categories(a) & self.categories(b))
-
     def _fallback(self, char: str) -> None:
         from pypinyin import Style, pinyin
 
