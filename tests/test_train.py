@@ -234,9 +234,12 @@ def test_every_config_group_composes(overrides):
         assert sample_cfg.ckpt == "x.ckpt"
         for name in ("analyse", "studio", "ship", "bench"):
             compose(name, overrides=["+run=x"] if name == "ship" else [])
-    if overrides[0].startswith(("experiment=compare", "experiment=lr_search", "experiment=scaling")):
-        assert cfg.model.param_budget in (200000, 700000) and cfg.trainer.max_time is None
+    if overrides[0].startswith(("experiment=compare_cells_", "experiment=lr_search", "experiment=scaling")):
+        assert cfg.model.param_budget == 200000 and cfg.trainer.max_time is None
         assert "model.cell" in cfg.hydra.sweeper.params
+    if overrides == ["experiment=compare_cells"]:  # the chapter's: each cell's own recipe, without and with structure
+        assert cfg.model.param_budget is None and cfg.optim.lr is None and cfg.trainer.max_time is None
+        assert set(str(cfg.hydra.sweeper.params["model.structure"]).split(",")) == {"false", "true"}
     if overrides[0] in ("experiment=compare_cells_quick", "experiment=compare_cells_extended"):
         swept = str(cfg.hydra.sweeper.params["model.cell"]).split(",")
         assert all(cfg.recipes[c].optim.lr for c in swept)  # a rate for every cell the sweep runs
