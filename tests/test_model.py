@@ -180,3 +180,27 @@ def test_out_dim_gives_every_cell_the_same_softmax_at_equal_core_budgets():
     assert len({c["head"] for c in counts.values()}) == 1 and len({c["embedding"] for c in counts.values()}) == 1
     assert max(c["core"] for c in counts.values()) < 1.02 * min(c["core"] for c in counts.values())
     assert counts["rnn"]["projection"] > counts["lstm"]["projection"] > 0  # the RNN's hidden state is widest
+
+
+def test_chrono_initialisation_spreads_the_lstms_memory_over_the_span():
+    """With no input and a zero hidden state, an LSTM cell's memory decays by σ(b_f) per step: chrono
+    initialisation (Tallec & Ollivier 2018) gives its units time scales 1/(1 - σ(b_f)) from 2 to T characters,
+    where the default bias of 1 gives every unit 1 + e ≈ 3.7."""
+    torch.manual_seed(0)
+    for span, low, high in ((48, 2.0, 48.0), (None, 1 + math.e - 1e-3, 1 + math.e + 1e-3)):
+        model = CharLM(12, cell="lstm", embed_dim=4, hidden_size=256, head="full", chrono_span=span)
+        core = model.core
+        h = core.hidden_size
+        c = torch.ones(1, h)
+        state = (torch.zeros(1, 1, h), c[None])
+        with torch.no_grad():
+            _, (_, c_next) = core.step(torch.zeros(1, 4), state)  # x = 0, h = 0: c' = σ(b_f) c + σ(b_i) tanh(b_g)
+        kept = c_next[0, 0]  # b_g = 0: the candidate adds nothing, c' = σ(b_f)
+        scales = 1 / (1 - kept)
+        assert low <= scales.min() and scales.max() <= high, (span, scales.min(), scales.max())
+        if span is not None:  # spread evenly over the span (uniform on [2, T] in the paper's derivation)
+            assert scales.min() < 4 and scales.max() > 44 and 20 < scales.median() < 30
+            b = core.bias_ih_l0 + core.bias_hh_l0
+            assert torch.allclose(b[:h], -b[h : 2 * h])  # the input gate opposes the forget gate
+    with pytest.raises(TangshiError, match=r"model\.chrono_span initialises an LSTM"):
+        CharLM(12, cell="gru", chrono_span=48)

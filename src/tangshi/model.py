@@ -51,6 +51,7 @@ def check_config(
     heads: int = 4,
     positions: str = "learned",
     mlp_width: int | None = None,
+    chrono_span: int | None = None,
     **_: object,
 ) -> None:
     """Raise one clear error for a model setting CharLM cannot build (cheap: call before heavy work)."""
@@ -65,6 +66,11 @@ def check_config(
         ("num_layers", num_layers),
     ):
         require_positive_int(f"model.{name}", value)
+    if chrono_span is not None:
+        if cell != "lstm":
+            raise TangshiError(f"model.chrono_span initialises an LSTM's gates; model.cell is {cell!r}: set it to null")
+        if not isinstance(chrono_span, int) or isinstance(chrono_span, bool) or chrono_span < 3:
+            raise TangshiError(f"model.chrono_span must be an integer >= 3 (characters) or null, got {chrono_span!r}")
     if cell == "transformer":
         require_positive_int("model.heads", heads)
         if mlp_width is not None:
@@ -129,6 +135,7 @@ class CharLM(nn.Module):
         positions: str = "learned",
         mlp_width: int | None = None,
         structure: bool = False,
+        chrono_span: int | None = None,
         itos: Sequence[str] | None = None,
     ):
         """``structure``: add :mod:`tangshi.structure`'s features of the characters written so far to the
@@ -147,8 +154,10 @@ class CharLM(nn.Module):
             heads=heads,
             positions=positions,
             mlp_width=mlp_width,
+            chrono_span=chrono_span,
         )
         self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
+        self.chrono_span = chrono_span
 
         # Construction order fixes the initial weights under a seed: keep it (embedding, core, projection, head).
         self.embed = nn.Embedding(vocab_size, embed_dim)
@@ -176,7 +185,9 @@ class CharLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, unigram_counts: Sequence[int] | None = None) -> None:
         nn.init.normal_(self.embed.weight, std=0.1)
-        if hasattr(self.core, "init_forget_bias"):
+        if self.chrono_span is not None:
+            self.core.init_forget_bias(self.chrono_span)
+        elif hasattr(self.core, "init_forget_bias"):
             self.core.init_forget_bias()
         if unigram_counts is not None:
             self._init_output_bias(torch.tensor(unigram_counts, dtype=torch.float64))
