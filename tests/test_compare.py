@@ -97,7 +97,7 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
         assert rhyme == pytest.approx(sum(m["positions"]["rhyme"]["loss"] for m in ms) / 2)
         assert set(report["gradient_flow"][cell]["last"]) == {"layer0_k10", "layer0_k20", "layer0_k40"}
     assert "rhyme loss" in text and "layer0_k20 init" in text
-    for name in ("gradient_flow.png", "loss_by_position.png"):
+    for name in ("gradient_flow.png", "loss_by_position.png", "rhyme_vs_bpc.png"):
         assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
 
 

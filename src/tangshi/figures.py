@@ -173,6 +173,30 @@ def points_with_error(groups: dict[str, list[tuple[float, float, float]]], xlabe
     return fig
 
 
+def rhyme_against_bpc(points: dict[str, tuple[float, float, float, float, float]], poem_set: str) -> Any:
+    """Per group, what it writes against how well it predicts: best validation bpc (mean ± std over seeds) on x,
+    the share of its well-formed ``poem_set`` poems that rhyme (seeds pooled, Wilson 95 % interval) on y. Lowest
+    bpc is not best structure: the points show where the two part."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, (bpc, sd, rhyme, lo, hi)) in enumerate(sorted(points.items())):
+        ax.errorbar(
+            [bpc],
+            [100 * rhyme],
+            xerr=[[0 if math.isnan(sd) else sd], [0 if math.isnan(sd) else sd]],
+            yerr=[[100 * (rhyme - lo)], [100 * (hi - rhyme)]],
+            marker="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=label,
+        )
+    ax.set(xlabel="best validation bits per character", ylabel=f"{poem_set}: rhyming share of well-formed poems (%)")
+    ax.invert_xaxis()  # better to the right on both axes
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
 def objective_by_parameter(trials: list[dict[str, Any]], params: list[str], objective: str) -> Any:
     """A search's objective against each searched parameter, one panel each, one colour per group (cell);
     numeric parameters on a log axis when they span a factor of 20 or more."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from tangshi import figures
 from tangshi.atomic import write_json, write_text
-from tangshi.comparison import POSITION_CLASSES, SPREAD, baselines, group_runs, summarise
+from tangshi.comparison import POSITION_CLASSES, SPREAD, baselines, group_runs, poems_of, summarise
 from tangshi.errors import TangshiError
 from tangshi.formatting import markdown_table
 from tangshi.poem_sets import SETS
@@ -295,6 +295,22 @@ def plot(groups: dict[str, list[Run]], studies: dict[str, Any], out: Path) -> li
     by_pos = {g: c for g, c in by_pos.items() if c}
     if by_pos:
         made["loss_by_position.png"] = figures.loss_by_position(by_pos)
+    # free poems where every group wrote well-formed ones (a short run may not), else the form-only 五绝
+    poems = {g: poems_of(rs) for g, rs in groups.items()}
+    for name in ("free", "wuyan_jueju"):
+        if poems and all(p.get(name) and p[name]["well_formed_n"] for p in poems.values()):
+            rhyme = {
+                g: (
+                    *mean_std([r.metrics["best_val_bpc"] for r in rs]),
+                    poems[g][name]["rhyme"],
+                    *poems[g][name]["rhyme_ci"],
+                )
+                for g, rs in groups.items()
+            }
+            made["rhyme_vs_bpc.png"] = figures.rhyme_against_bpc(
+                rhyme, {"free": "free sampling"}.get(name, "wuyan jueju, form only")
+            )
+            break
     sizes: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for rs in groups.values():
         if rs[0].core:
