@@ -61,6 +61,9 @@ def test_features_of_a_known_poem_read_as_a_person_reads_it(features, vocab):
     assert before["低"] == {"col": 0, "line": 3, "closes": False, "closes_even": False, "rhyme": {"下平声七阳"}}
     assert seen[-1]["rhyme"] == {"下平声七阳"} and seen[-1]["line"] == 4  # after 乡 and 。
     assert _read(features, vocab, GUANQUELOU)[-1]["rhyme"] == {"下平声十一尤"}
+    # a character the vocabulary lacks (<unk>) still takes its place in the line: 疑 → 嚻
+    unknown = _read(features, vocab, JINGYESI.replace("疑", "嚻"))
+    assert unknown[JINGYESI.index("霜")]["closes_even"] and unknown[JINGYESI.index("乡")]["closes_even"]
 
 
 def test_features_in_decoding_equal_those_in_training(features, vocab):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tangshi.poetics import LINE_PUNCT, PING, ZE, is_hanzi, is_rhyme_position, phonology
-from tangshi.vocab import PAD_ID
+from tangshi.vocab import PAD_ID, UNK_ID
 
 COLUMNS = 8  # one-hot columns 0..7, and "8 or more"
 LINES = 8  # one-hot lines 0..7, and "8 or more"
@@ -85,6 +85,7 @@ class StructureFeatures(nn.Module):
                 tones[i] = torch.tensor([PING in t, ZE in t], dtype=torch.float)
                 for c in phon.categories(char):
                     categories[i, cats.index(c)] = 1.0
+        kind[UNK_ID] = HANZI  # a character outside the vocabulary still fills its place in the line
         self.register_buffer("kind", kind)
         self.register_buffer("tones", tones)
         self.register_buffer("categories", categories)
