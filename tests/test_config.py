@@ -98,3 +98,9 @@ def test_code_defaults_equal_config_defaults():
     flow = inspect.signature(GradientFlow).parameters
     for key in ("every_n_steps", "length", "poems"):
         assert flow[key].default == callbacks["gradient_flow"][key], key
+    # settings added after runs began keeping records: an old record takes the default conf/ has
+    from tangshi.record import ADDED
+
+    for key, value in ADDED.items():
+        group, name = key.split(".")
+        assert (model_yaml if group == "model" else train_yaml[group])[name] == value, key

@@ -84,8 +84,20 @@ def experiment(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(kept.get("trainer"), dict):
         kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k not in DISPLAY}
     flat = flatten(kept)
+    for key, value in ADDED.items():  # a run from before a setting existed ran with its default
+        if key.split(".")[0] in kept:
+            flat.setdefault(key, value)
     flat["hardware"] = (record.get("environment") or {}).get("hardware", UNKNOWN)
     return flat
 
 
 UNKNOWN = "unknown"  # what a run made before records were written did not record
+# Settings added after runs began keeping records, with the default every earlier run trained with (a test keeps
+# them equal to conf/'s defaults): a record without one groups with the runs that set it to that default.
+ADDED = {
+    "model.structure": False,
+    "model.chrono_span": None,
+    "optim.optimizer": "adamw",
+    "optim.lr_by_size_exponent": None,
+    "optim.lr_reference_budget": None,
+}

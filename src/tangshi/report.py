@@ -182,7 +182,7 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
         ]
     tests = summary["tests"]
     if tests:
-        pairs = sorted({pair for col in tests.values() for pair in col}, key=list(tests[next(iter(tests))]).index)
+        pairs = list(dict.fromkeys(pair for col in tests.values() for pair in col))  # a column may lack a pair
         order = ["best_val_bpc", "test_bpc", *(f"{name}_rhyme" for name in SETS)]
         cols = sorted(tests, key=lambda c: order.index(c) if c in order else len(order))
         lines += [
