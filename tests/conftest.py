@@ -41,6 +41,7 @@ TINY = [
     "optim.warmup_steps=5",
     "optim.weight_decay=0.01",
     "model.dropout=0.1",
+    "model.structure=false",
     "final_samples=3",
     "samples.n=2",
     "poetics_samples=8",

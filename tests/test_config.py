@@ -103,4 +103,7 @@ def test_code_defaults_equal_config_defaults():
 
     for key, value in ADDED.items():
         group, name = key.split(".")
-        assert (model_yaml if group == "model" else train_yaml[group])[name] == value, key
+        default = (model_yaml if group == "model" else train_yaml[group])[name]
+        if default is None and name in train_yaml["recipes"]["default"].get(group, {}):  # a recipe setting
+            default = train_yaml["recipes"]["default"][group][name]
+        assert default == value, key

@@ -139,13 +139,15 @@ def _composed(*overrides: str):
 def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     from tangshi.config import apply_recipe
 
-    # the recipes' values, written here as docs/search.md states them (2026-11-29 searches)
+    # the recipes' values, written here as docs/search.md (2026-11-29 searches) and docs/rhyme.md (structure,
+    # 2026-12-01) state them
     lstm = _composed()
     assert apply_recipe(lstm) == {
         "optim.lr": 0.03,
         "optim.weight_decay": 0.25,
         "optim.warmup_steps": 100,
         "model.dropout": 0.0,
+        "model.structure": True,
         "data.batch_size": 128,
         "trainer.max_steps": 1800,
     }
@@ -160,6 +162,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
         quick = _composed("experiment=compare_cells_quick", f"model.cell={cell}")
         assert apply_recipe(quick) == {"optim.lr": lr}
         assert (quick.optim.weight_decay, quick.data.batch_size, quick.model.dropout) == (0.01, 64, 0.1)
+        assert quick.model.structure is False  # the quick comparison is of the plain cells
     with pytest.raises(TangshiError, match=r"optim\.lr left at null and model\.cell=gru has no recipe for it"):
         apply_recipe(_composed("model.cell=gru", "recipes.gru.optim.lr=null", "recipes.default=null"))
 

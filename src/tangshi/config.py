@@ -122,6 +122,7 @@ RECIPE_KEYS = (
     "optim.weight_decay",
     "optim.warmup_steps",
     "model.dropout",
+    "model.structure",
     "data.batch_size",
     "trainer.max_steps",
 )
