@@ -172,6 +172,9 @@ def test_a_run_prints_and_records_the_recipe_it_took(compose_train, caplog):
     summary = train(compose_train("recipes={gru: {optim: {lr: 0.005}}}", "model.cell=gru", "optim.lr=null"))
     assert summary["lr"] == 0.005 and summary["config"]["optim"]["lr"] == 0.005
     assert "recipe of gru: optim.lr 0.005" in caplog.text and "learning rate: 0.005" in caplog.text
+    caplog.clear()
+    train(compose_train("recipes={lstm: {model: {structure: true}}}", "model.structure=null"))
+    assert "recipe of lstm: model.structure true" in caplog.text  # a switch reads as one, not as 1
 
 
 def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
