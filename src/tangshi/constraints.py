@@ -161,15 +161,15 @@ class Constraints:
         self.vocab, self.device = vocab, device
         self.form_name, self.form = form, FORMS[form] if form else None
         self.acrostic, self.rhyme, self.tone, self.tone_nats = acrostic, rhyme, tone, tone_bias
-        phon = phon or (phonology() if rhyme or tone else None)
-        self.phon = phon
-        self.masks = TokenMasks(vocab, phon, self.form.lines // 2 if self.form is not None else 1)
+        self.phon = phon or (phonology() if rhyme or tone else None)
+        rhymes = self.form.lines // 2 if self.form is not None else 1
+        self.masks = TokenMasks(vocab, self.phon, rhymes)
         for c in (COMMA, STOP):
             if self.form is not None and c not in vocab.stoi:
                 raise TangshiError(f"the model's vocabulary lacks {c!r}, so it cannot write a {form}")
         if rhyme and not self.masks.open_categories:
             raise TangshiError(
-                f"no 平水韵 level-tone category has {self.form.lines // 2 if self.form else 1} characters in the "
+                f"no 平水韵 level-tone category has {rhymes} characters in the "
                 f"model's vocabulary, so it cannot rhyme a {form}"
             )
         self.rows: list[PoemState] = []
@@ -183,12 +183,12 @@ class Constraints:
 
     def _allowed(self, state: PoemState) -> Tensor:
         form = self.form
-        at_rhyme = (
-            form is not None
+        if (
+            self.rhyme
+            and form is not None
             and state.line < form.lines
             and is_rhyme_position(state.line, state.col, form.chars_per_line)
-        )
-        if self.rhyme and at_rhyme:
+        ):
             return rhyme_mask(self.masks, state)
         return form_mask(self.masks, state, form, self.acrostic)
 

@@ -13,7 +13,7 @@ After reading token x_t, the features describe the character about to be written
 - the 平仄 tones and 平水韵 level-tone categories of x_t, of the last rhyme character written, and the tone of
   line 1's second character (which fixes the 平仄 pattern, :func:`poetics.pattern`).
 
-One function (:meth:`StructureFeatures.forward`) computes them for a chunk of tokens from a running state; a
+One function (:meth:`StructureFeatures.encode`) computes them for a chunk of tokens from a running state; a
 whole sequence at once (training) and one token at a time (decoding) give the same features.
 """
 
@@ -91,9 +91,8 @@ class StructureFeatures(nn.Module):
         self.register_buffer("categories", categories)
         self.size = (COLUMNS + 1) + (LINES + 1) + 2 + 2 * (2 + len(cats)) + 2
         self.table = nn.Embedding(self.size, dim)
-        nn.init.normal_(
-            self.table.weight, std=0.1 / 3
-        )  # about nine features are on: their sum near the embedding's scale
+        # about nine features are on at once: their sum starts near the character embedding's scale (0.1)
+        nn.init.normal_(self.table.weight, std=0.1 / 3)
 
     def initial(self, batch: int, device: torch.device) -> StructState:
         zero = torch.zeros(batch, dtype=torch.long, device=device)
@@ -110,12 +109,11 @@ class StructureFeatures(nn.Module):
         line = s.line[:, None] + closed
         written = hanzi.long().cumsum(1)  # characters up to and including each position
         last_break = _last_index(punct)
-        col = torch.where(
-            last_break >= 0, written - written.gather(1, last_break.clamp(min=0)), s.col[:, None] + written
-        )
+        # characters since the last punctuation, or since the chunk began plus those written before it
+        col = written - _gather_or(written, last_break, -s.col)
         # line 1's width: the characters written before the poem's first punctuation
         first = _last_index(punct & (closed == 1) & (s.line == 0)[:, None])
-        width = torch.where(first >= 0, s.col[:, None] + written.gather(1, first.clamp(min=0)), s.width[:, None])
+        width = _gather_or(s.col[:, None] + written, first, s.width)
         # x_t is a rhyme character if it sits on a rhyme position: its column before it was written is col - 1
         rhymed = hanzi & (width > 0) & is_rhyme_position(line, col - 1, width)
         rhyme = _gather_or(ids, _last_index(rhymed), s.rhyme)

@@ -46,8 +46,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     # Settings errors surface here, in one line, before any data is read.
     taken = apply_recipe(cfg)
     if taken:
-        shown = (str(v).lower() if isinstance(v, bool) else f"{v:g}" for v in taken.values())
-        log.info("recipe of %s: %s", cfg.model.cell, ", ".join(f"{k} {v}" for k, v in zip(taken, shown, strict=True)))
+        shown = ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else format(v, 'g')}" for k, v in taken.items())
+        log.info("recipe of %s: %s", cfg.model.cell, shown)
     check_config(**to_plain(cfg.model))
     model_cfg = resolve_budget(to_plain(cfg.model))
     optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
