@@ -621,6 +621,16 @@ def test_resuming_in_place_without_the_runs_own_settings_is_one_line(compose_tra
         train(compose_train("ckpt_path=last", "trainer.max_steps=8"))
     resumed = train(compose_train("model.cell=gru", "ckpt_path=last", "trainer.max_steps=8"))
     assert resumed["steps"] == 8 and resumed["run_dir"] == first["run_dir"]
+    # a run recorded before model.structure existed ran without it: resumed with it off, it goes on; with it
+    # on, that is another setting, refused in the same line
+    metrics = Path(first["run_dir"]) / "metrics.json"
+    saved = json.loads(metrics.read_text(encoding="utf-8"))
+    del saved["config"]["model"]["structure"]
+    metrics.write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(TangshiError, match=r"model\.structure True, was False"):
+        train(compose_train("model.cell=gru", "model.structure=true", "ckpt_path=last", "trainer.max_steps=12"))
+    older = train(compose_train("model.cell=gru", "ckpt_path=last", "trainer.max_steps=12"))
+    assert older["steps"] == 12
 
 
 def test_a_time_limited_run_stops_validated_and_resumes_for_more_steps(tmp_path):

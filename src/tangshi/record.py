@@ -83,11 +83,18 @@ def experiment(record: dict[str, Any]) -> dict[str, Any]:
     kept = {group: config.get(group) for group in EXPERIMENT_GROUPS if group in config}
     if isinstance(kept.get("trainer"), dict):
         kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k not in DISPLAY}
-    flat = flatten(kept)
-    for key, value in ADDED.items():  # a run from before a setting existed ran with its default
-        if key.split(".")[0] in kept:
-            flat.setdefault(key, value)
+    flat = flat_settings(kept)
     flat["hardware"] = (record.get("environment") or {}).get("hardware", UNKNOWN)
+    return flat
+
+
+def flat_settings(groups: dict[str, Any]) -> dict[str, Any]:
+    """Config groups flattened (``optim.lr``), with each setting added later (:data:`ADDED`) at the default an
+    earlier run trained with where the record lacks it: what grouping and the resume check compare."""
+    flat = flatten(groups)
+    for key, value in ADDED.items():
+        if key.split(".")[0] in groups:
+            flat.setdefault(key, value)
     return flat
 
 

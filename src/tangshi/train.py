@@ -21,7 +21,7 @@ from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, GradientNorms, StoppingRule, TrainingClock, parse_duration
-from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, flatten, to_plain
+from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
@@ -184,8 +184,8 @@ def check_same_run(previous: dict[str, Any], settings: dict[str, Any], run_dir: 
     own command-line arguments. A run made before records is not checked."""
     if not previous.get("config"):
         return
-    before = flatten({k: previous["config"].get(k) for k in settings})
-    now = flatten(settings)
+    before = record.flat_settings({k: previous["config"].get(k) for k in settings})
+    now = record.flat_settings(settings)
     differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if differ:
         changes = ", ".join(f"{k} {now.get(k)!r}, was {before.get(k)!r}" for k in differ[:3])
