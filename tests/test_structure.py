@@ -9,6 +9,7 @@ import torch
 
 from tangshi import checkpoint
 from tangshi.decoding import SamplingConfig, sample
+from tangshi.errors import TangshiError
 from tangshi.model import CELLS, CharLM
 from tangshi.structure import COLUMNS, LINES, StructureFeatures
 from tangshi.vocab import SPECIALS, Vocab
@@ -69,27 +70,45 @@ def test_features_of_a_known_poem_read_as_a_person_reads_it(features, vocab):
 def test_features_in_decoding_equal_those_in_training(features, vocab):
     """One token at a time from the running state, as decoding reads them, or all at once, as training does."""
     ids = torch.tensor([vocab.encode(JINGYESI), vocab.encode(GUANQUELOU)])
-    whole, _ = features.encode(ids)
-    state, steps = None, []
+    whole, _, ends = features.encode(ids)
+    state, steps, kinds, chars = None, [], [], []
     for t in range(ids.shape[1]):
-        f, state = features.encode(ids[:, t : t + 1], state)
+        f, state, _ = features.encode(ids[:, t : t + 1], state)
         steps.append(f)
+        now = StructureFeatures.line_ends(state)  # what decoding reads from the state alone
+        kinds.append(now.kind)
+        chars.append(now.chars)
     assert torch.equal(torch.cat(steps, 1), whole)
+    assert torch.equal(torch.stack(kinds, 1), ends.kind) and torch.equal(torch.stack(chars, 1), ends.chars)
     # and in uneven chunks
-    a, state = features.encode(ids[:, :7])
-    b, _ = features.encode(ids[:, 7:], state)
+    a, state, ea = features.encode(ids[:, :7])
+    b, _, eb = features.encode(ids[:, 7:], state)
     assert torch.equal(torch.cat([a, b], 1), whole)
+    assert torch.equal(torch.cat([ea.chars, eb.chars], 1), ends.chars)
+
+
+def test_line_ends_name_the_characters_earlier_lines_ended_on(features, vocab):
+    ids = torch.tensor([vocab.encode(JINGYESI)])
+    _, _, ends = features.encode(ids)
+    before = {ch: i for i, ch in enumerate(JINGYESI)}  # step i predicts JINGYESI[i]
+    named = [[vocab.itos[c] for c in row if c != vocab.stoi["<pad>"]] for row in ends.chars[0].tolist()]
+    assert named[before["霜"]] == ["光"] and int(ends.kind[0, before["霜"]]) == 2  # an even line closes
+    assert named[before["月"]] == ["光", "霜"] and int(ends.kind[0, before["月"]]) == 1  # line 3 (odd; 举头望明月)
+    assert named[before["乡"]] == ["光", "霜", "月"] and int(ends.kind[0, before["乡"]]) == 2
+    assert int(ends.kind[0, before["低"]]) == 0 and int(ends.kind[0, before["光"]]) == 0  # width not yet known
 
 
 def test_a_later_character_never_changes_an_earlier_steps_features(features, vocab):
     ids = torch.tensor([vocab.encode(JINGYESI)])
-    whole, _ = features.encode(ids)
+    whole, _, ends = features.encode(ids)
     generator = torch.Generator().manual_seed(0)
     for t in range(1, ids.shape[1]):
         changed = ids.clone()
         changed[0, t:] = torch.randint(len(SPECIALS), len(vocab), (ids.shape[1] - t,), generator=generator)
         changed[0, t] = vocab.stoi["，"]  # punctuation where a character was: the structure changes most
-        assert torch.equal(features.encode(changed)[0][:, :t], whole[:, :t]), t
+        f, _, e = features.encode(changed)
+        assert torch.equal(f[:, :t], whole[:, :t]), t
+        assert torch.equal(e.chars[:, :t], ends.chars[:, :t]) and torch.equal(e.kind[:, :t], ends.kind[:, :t]), t
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -109,6 +128,53 @@ def test_a_structured_model_steps_as_it_trains_and_scores_true_probabilities(voc
     assert torch.allclose(model.log_probs(feats).exp().sum(-1), torch.ones(ids.shape), atol=1e-5)
     plain = CharLM(len(vocab), cell=cell, embed_dim=16, hidden_size=32, head="full")
     assert model.param_counts()["structure"] > 0 and plain.param_counts()["structure"] == 0
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_the_echo_bias_keeps_a_true_distribution_and_lowers_only_echoes(vocab, head):
+    torch.manual_seed(0)
+    model = CharLM(
+        len(vocab),
+        embed_dim=16,
+        hidden_size=32,
+        head=head,
+        adaptive_cutoffs=(12, 24),
+        structure=True,
+        echo_bias=True,
+        itos=vocab.itos,
+    )
+    model.eval()
+    with torch.no_grad():
+        model.echo.weight.copy_(torch.tensor([-1.0, -3.0]))
+    ids = torch.tensor([vocab.encode(JINGYESI)])
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    feats, _ = model(inputs)
+    ends = model.line_ends(inputs)
+    plain, biased = model.log_probs(feats), model.log_probs(feats, ends)
+    assert torch.allclose(biased.exp().sum(-1), torch.ones(inputs.shape), atol=1e-5)
+    at = JINGYESI.index("乡")  # step `at` predicts 乡, closing line 4; 光, 霜 and 月 ended lines before
+    光, 霜, 乡 = (vocab.stoi[c] for c in "光霜乡")
+    # by hand: p'(c) = p(c) e^a / Z for an earlier line end, p(c) / Z otherwise, Z = 1 - p(S) + e^a p(S)
+    p = plain[0, at].exp()
+    s = p[[光, 霜, vocab.stoi["月"]]].sum()
+    z = 1 - s + torch.exp(torch.tensor(-3.0)) * s
+    assert torch.allclose(biased[0, at, 霜].exp(), p[霜] * torch.exp(torch.tensor(-3.0)) / z, atol=1e-6)
+    assert torch.allclose(biased[0, at, 乡].exp(), p[乡] / z, atol=1e-6)
+    inside = JINGYESI.index("前")  # not a line end: untouched
+    assert torch.equal(biased[0, inside], plain[0, inside])
+    # the training loss is the same per-character loss as scoring with log_probs
+    total, count = model.nll(feats, targets, ends)
+    assert torch.allclose(total, -biased.gather(-1, targets[..., None]).sum(), atol=1e-4) and count == targets.numel()
+    # and decoding sees the same distribution, step by step from the state
+    out, state = model(ids[:, :1])
+    for t in range(1, at + 1):
+        out, state = model.step(ids[:, t], state)
+    assert torch.allclose(model.log_probs(out, model.next_line_ends(state))[0], biased[0, at], atol=1e-5)
+
+
+def test_the_echo_bias_needs_structure(vocab):
+    with pytest.raises(TangshiError, match="model.echo_bias=true .* needs model.structure=true"):
+        CharLM(len(vocab), structure=False, echo_bias=True, itos=vocab.itos)
 
 
 def test_a_structured_run_trains_records_and_samples_in_form(compose_train):

@@ -80,8 +80,9 @@ def token_scores(model: CharLM, vocab: Vocab, bodies: Sequence[str], batch_size:
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             batch = collate([ds[j] for j in idx])
-            feats, _ = model(batch["inputs"].to(device))
-            log_p = model.log_probs(feats).cpu()
+            inputs = batch["inputs"].to(device)
+            feats, _ = model(inputs)
+            log_p = model.log_probs(feats, model.line_ends(inputs)).cpu()
             targets = batch["targets"]
             losses = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             hits = log_p.argmax(-1) == targets

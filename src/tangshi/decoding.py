@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tangshi.cells import State
 from tangshi.constraints import Constraints
 from tangshi.errors import TangshiError
 from tangshi.model import CharLM
@@ -186,9 +187,9 @@ def sample(model: CharLM, vocab: Vocab, cfg: SamplingConfig | None = None) -> li
         alive = list(range(cfg.n))  # the poem each row of the batch is writing
         for _ in range(cfg.max_chars - len(prompt) + (cfg.form is not None)):
             if cfg.temperature == 0:
-                nxt = _scored(model, cons, last, cfg, 1.0).argmax(-1)
+                nxt = _scored(model, cons, last, state, cfg, 1.0).argmax(-1)
             else:
-                logits = filter_logits(_scored(model, cons, last, cfg, cfg.temperature), cfg.top_k, cfg.top_p)
+                logits = filter_logits(_scored(model, cons, last, state, cfg, cfg.temperature), cfg.top_k, cfg.top_p)
                 nxt = draw(logits.softmax(-1), g)
             tokens = nxt.tolist()
             cons.advance(tokens)
@@ -208,10 +209,13 @@ def sample(model: CharLM, vocab: Vocab, cfg: SamplingConfig | None = None) -> li
         model.train(was_training)
 
 
-def _scored(model: CharLM, cons: Constraints, feats: Tensor, cfg: SamplingConfig, temperature: float) -> Tensor:
+def _scored(
+    model: CharLM, cons: Constraints, feats: Tensor, state: State, cfg: SamplingConfig, temperature: float
+) -> Tensor:
     """Next-token scores in nats: log-probabilities divided by ``temperature``, less the repetition penalty on
-    characters already in the poem, plus the 平仄 bias, with every disallowed token at -inf."""
-    scores = model.log_probs(feats)
+    characters already in the poem, plus the 平仄 bias, with every disallowed token at -inf (``state``: the
+    model's after ``feats``)."""
+    scores = model.log_probs(feats, model.next_line_ends(state))
     if temperature != 1.0:
         scores = scores / temperature
     if cfg.repetition_penalty:
@@ -251,7 +255,7 @@ def beam_search(model: CharLM, vocab: Vocab, cfg: SamplingConfig) -> list[str]:
         score = [0.0] * n_groups
         finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_groups)]
         for _ in range(cfg.max_chars - len(prompt) + 1):
-            step = _scored(model, cons, last, cfg, 1.0).cpu().double()
+            step = _scored(model, cons, last, state, cfg, 1.0).cpu().double()
             chosen = torch.zeros(step.shape[1], dtype=torch.float64)  # tokens earlier groups took this step
             keep: list[tuple[int, int, float]] = []  # (row, token, new score)
             for g in range(n_groups):

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from tangshi.errors import TangshiError
 from tangshi.model import CharLM
+from tangshi.structure import LineEnds
 from tangshi.vocab import Vocab
 
 DISTANCES = (10, 20, 40)  # the k whose ratio g(k) / g(0) goes to TensorBoard and metrics.json
@@ -77,7 +78,10 @@ def gradient_flow(model: CharLM, tokens: Tensor) -> Tensor:
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
         top, states = unroll(model, inputs.clone())
         feats = model.proj(top[:, -1:]) if model.proj is not None else top[:, -1:]
-        log_p = model.log_probs(feats)
+        ends = model.line_ends(inputs)
+        if ends is not None:  # the echo bias at the scored step
+            ends = LineEnds(ends.kind[:, -1:], ends.chars[:, -1:])
+        log_p = model.log_probs(feats, ends)
         loss = -log_p.gather(-1, targets[:, -1:, None]).sum()
         flat = [s for layer in states for step in layer for s in step]
         grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))

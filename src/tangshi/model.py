@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from tangshi.cells import GRUCore, LSTMCore, MinGRUCore, MinLSTMCore, RNNCore, State
 from tangshi.errors import TangshiError, require_positive_int
-from tangshi.structure import StructState, StructureFeatures
+from tangshi.structure import EchoBias, LineEnds, StructState, StructureFeatures
 from tangshi.transformer import POSITIONS, TransformerCore
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ def check_config(
     positions: str = "learned",
     mlp_width: int | None = None,
     chrono_span: int | None = None,
+    structure: bool = False,
+    echo_bias: bool = False,
     **_: object,
 ) -> None:
     """Raise one clear error for a model setting CharLM cannot build (cheap: call before heavy work)."""
@@ -71,6 +73,8 @@ def check_config(
             raise TangshiError(f"model.chrono_span initialises an LSTM's gates; model.cell is {cell!r}: set it to null")
         if not isinstance(chrono_span, int) or isinstance(chrono_span, bool) or chrono_span < 3:
             raise TangshiError(f"model.chrono_span must be an integer >= 3 (characters) or null, got {chrono_span!r}")
+    if echo_bias and not structure:
+        raise TangshiError("model.echo_bias=true reads the line structure: it needs model.structure=true")
     if cell == "transformer":
         require_positive_int("model.heads", heads)
         if mlp_width is not None:
@@ -135,11 +139,13 @@ class CharLM(nn.Module):
         positions: str = "learned",
         mlp_width: int | None = None,
         structure: bool = False,
+        echo_bias: bool = False,
         chrono_span: int | None = None,
         itos: Sequence[str] | None = None,
     ):
         """``structure``: add :mod:`tangshi.structure`'s features of the characters written so far to the
-        embedding (needs ``itos``, the vocabulary's characters)."""
+        embedding (needs ``itos``, the vocabulary's characters). ``echo_bias``: learn how much less likely a
+        line ends on a character an earlier line ended on (:class:`tangshi.structure.EchoBias`)."""
         super().__init__()
         check_config(
             cell=cell,
@@ -155,6 +161,8 @@ class CharLM(nn.Module):
             positions=positions,
             mlp_width=mlp_width,
             chrono_span=chrono_span,
+            structure=structure,
+            echo_bias=echo_bias,
         )
         self.cell, self.head_kind, self.vocab_size = cell, head, vocab_size
         self.chrono_span = chrono_span
@@ -180,6 +188,7 @@ class CharLM(nn.Module):
             raise TangshiError("model.structure=true needs the vocabulary's characters (itos) to compute its features")
         # last, so a model with structure starts from the same weights as one without under the same seed
         self.structure = StructureFeatures(itos, embed_dim) if structure and itos is not None else None
+        self.echo = EchoBias() if echo_bias else None
         self.reset_parameters(unigram_counts)
 
     @torch.no_grad()
@@ -246,18 +255,39 @@ class CharLM(nn.Module):
     def _join(self, core_state: State, struct_state: StructState | None) -> State:
         return core_state if self.structure is None else (core_state, struct_state)
 
-    def log_probs(self, features: Tensor) -> Tensor:
-        """Next-character log-probabilities ``(..., V)`` from features ``(..., D)``."""
-        flat = features.reshape(-1, features.shape[-1])
+    def line_ends(self, x: Tensor, state: State | None = None) -> LineEnds | None:
+        """What the echo bias reads at each step of ``x`` ``(B, T)`` (``state``: before ``x``, as ``forward``
+        takes it), or None without ``echo_bias``: pass it to ``log_probs`` and ``nll``."""
+        if self.echo is None or self.structure is None:
+            return None
+        return self.structure.encode(x, self._split(state)[1])[2]
+
+    def next_line_ends(self, state: State) -> LineEnds | None:
+        """``line_ends`` for the step a decoding state stands at (``(B,)`` rows), or None without ``echo_bias``."""
+        if self.echo is None:
+            return None
+        return StructureFeatures.line_ends(self._split(state)[1])
+
+    def _full_log_probs(self, flat: Tensor) -> Tensor:
         if isinstance(self.decoder, nn.Linear):
-            out = F.log_softmax(self.decoder(flat).float(), dim=-1)
-        else:
-            with _float32(flat):
-                out = self.decoder.log_prob(flat.float())
+            return F.log_softmax(self.decoder(flat).float(), dim=-1)
+        with _float32(flat):
+            return self.decoder.log_prob(flat.float())
+
+    def log_probs(self, features: Tensor, ends: LineEnds | None = None) -> Tensor:
+        """Next-character log-probabilities ``(..., V)`` from features ``(..., D)`` (``ends``: from
+        ``line_ends``, with the features' leading shape; needed when ``echo_bias`` is on)."""
+        out = self._full_log_probs(features.reshape(-1, features.shape[-1]))
+        if self.echo is not None and ends is not None:
+            rows = (ends.kind.reshape(-1) > 0).nonzero()[:, 0]
+            picked = LineEnds(ends.kind.reshape(-1)[rows], ends.chars.reshape(-1, ends.chars.shape[-1])[rows])
+            gain, log_z = self.echo.terms(out[rows], picked)
+            out = out.index_copy(0, rows, out[rows].scatter_add(1, picked.chars, gain) - log_z[:, None])
         return out.reshape(*features.shape[:-1], self.vocab_size)
 
-    def nll(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Summed negative log-likelihood over non-padded targets, and how many there were.
+    def nll(self, features: Tensor, targets: Tensor, ends: LineEnds | None = None) -> tuple[Tensor, Tensor]:
+        """Summed negative log-likelihood over non-padded targets, and how many there were (``ends``: from
+        ``line_ends``; needed when ``echo_bias`` is on).
 
         Padded positions are dropped before the output layer, so they cost nothing and cannot leak into
         the loss whatever their features hold.
@@ -269,6 +299,14 @@ class CharLM(nn.Module):
         else:
             with _float32(feats):
                 total = -self.decoder(feats.float(), tgts).output.sum()
+        if self.echo is not None and ends is not None:
+            # only the steps that close a line change: score them again over the whole vocabulary
+            kind, chars = ends.kind[keep], ends.chars[keep]
+            rows = (kind > 0).nonzero()[:, 0]
+            picked = LineEnds(kind[rows], chars[rows])
+            gain, log_z = self.echo.terms(self._full_log_probs(feats[rows]), picked)
+            hit = (gain * (picked.chars == tgts[rows, None])).sum(-1)
+            total = total - (hit - log_z).sum()
         return total, keep.sum()
 
     def param_counts(self) -> dict[str, int]:
@@ -282,8 +320,13 @@ class CharLM(nn.Module):
             "core": count(self.core),
             "embedding": count(self.embed),
             "projection": count(self.proj),
-            "structure": count(self.structure),
-            "head": total - count(self.core) - count(self.embed) - count(self.proj) - count(self.structure),
+            "structure": count(self.structure) + count(self.echo),
+            "head": total
+            - count(self.core)
+            - count(self.embed)
+            - count(self.proj)
+            - count(self.structure)
+            - count(self.echo),
             "total": total,
         }
 

@@ -103,6 +103,7 @@ UNKNOWN = "unknown"  # what a run made before records were written did not recor
 # them equal to conf/'s defaults): a record without one groups with the runs that set it to that default.
 ADDED = {
     "model.structure": False,
+    "model.echo_bias": False,
     "model.chrono_span": None,
     "optim.optimizer": "adamw",
     "optim.lr_by_size_exponent": None,
