@@ -91,6 +91,8 @@ def test_code_defaults_equal_config_defaults():
             default = params[key].default
             if value is None and key in train_yaml["recipes"]["default"]["model"]:  # a recipe setting
                 value = train_yaml["recipes"]["default"]["model"][key]
+            if key == "echo_bias" and value is None:  # null: as model.structure
+                value = train_yaml["recipes"]["default"]["model"]["structure"]
             assert (list(default) if isinstance(default, tuple) else default) == value, key
     assert {k for k in model_yaml if k not in params} == {"param_budget"}  # build_model resolves it
     assert list(BETAS) == train_yaml["optim"]["betas"]
@@ -106,4 +108,6 @@ def test_code_defaults_equal_config_defaults():
         default = (model_yaml if group == "model" else train_yaml[group])[name]
         if default is None and name in train_yaml["recipes"]["default"].get(group, {}):  # a recipe setting
             default = train_yaml["recipes"]["default"][group][name]
+        if key == "model.echo_bias" and default is None:  # null: as model.structure
+            default = train_yaml["recipes"]["default"]["model"]["structure"]
         assert default == value, key

@@ -208,7 +208,7 @@ def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
 class TableLM(torch.nn.Module):
     """A real (bigram) language model with a hand-written table: the next character's log-probabilities
     depend on the last token only. Implements the interface decoding uses (forward, step, log_probs,
-    select_state), so beam search and sampling can be checked against exact enumeration."""
+    next_line_ends, select_state), so beam search and sampling can be checked against exact enumeration."""
 
     def __init__(self, log_table: torch.Tensor):
         super().__init__()
@@ -223,7 +223,10 @@ class TableLM(torch.nn.Module):
     def select_state(self, state, index):
         return state
 
-    def log_probs(self, feats):
+    def next_line_ends(self, state):
+        return None  # no echo bias
+
+    def log_probs(self, feats, ends=None):
         return self.table[feats.argmax(-1)]  # impossible transitions stay at -inf
 
 

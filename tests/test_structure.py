@@ -165,6 +165,11 @@ def test_the_echo_bias_keeps_a_true_distribution_and_lowers_only_echoes(vocab, h
     # the training loss is the same per-character loss as scoring with log_probs
     total, count = model.nll(feats, targets, ends)
     assert torch.allclose(total, -biased.gather(-1, targets[..., None]).sum(), atol=1e-4) and count == targets.numel()
+    # the training path scores only the listed characters (and a tail cluster only where one is listed)
+    flat = feats[0]
+    chars = torch.arange(len(vocab)).roll(5).reshape(-1, 1)[: flat.shape[0]].expand(-1, 3) % len(vocab)
+    expected = model.log_probs(feats)[0].gather(1, chars)
+    assert torch.allclose(model._log_probs_of(flat, chars), expected, atol=1e-5)
     # and decoding sees the same distribution, step by step from the state
     out, state = model(ids[:, :1])
     for t in range(1, at + 1):
@@ -173,7 +178,7 @@ def test_the_echo_bias_keeps_a_true_distribution_and_lowers_only_echoes(vocab, h
 
 
 def test_the_echo_bias_needs_structure(vocab):
-    with pytest.raises(TangshiError, match="model.echo_bias=true .* needs model.structure=true"):
+    with pytest.raises(TangshiError, match=r"model\.echo_bias=true .* needs model\.structure=true"):
         CharLM(len(vocab), structure=False, echo_bias=True, itos=vocab.itos)
 
 

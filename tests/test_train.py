@@ -148,10 +148,16 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
         "optim.warmup_steps": 100,
         "model.dropout": 0.0,
         "model.structure": True,
+        "model.echo_bias": True,
         "data.batch_size": 128,
         "trainer.max_steps": 1800,
     }
     assert (lstm.optim.lr, lstm.data.batch_size) == (0.03, 128)
+    # the echo bias follows the structure it reads, unless set: the plain LSTM is one override away
+    plain = _composed("model.structure=false")
+    assert apply_recipe(plain)["model.echo_bias"] is False
+    ablated = _composed("model.echo_bias=false")
+    assert "model.echo_bias" not in apply_recipe(ablated) and ablated.model.structure is True
     gru = _composed("model.cell=gru", "optim.lr=0.002")
     taken = apply_recipe(gru)
     assert gru.optim.lr == 0.002 and "optim.lr" not in taken and taken["data.batch_size"] == 64
@@ -160,7 +166,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     # an experiment's per-cell rate, its other settings explicit: compare_cells_quick at the rates of lr_search
     for cell, lr in (("rnn", 5e-3), ("gru", 2e-2), ("lstm", 2e-2)):
         quick = _composed("experiment=compare_cells_quick", f"model.cell={cell}")
-        assert apply_recipe(quick) == {"optim.lr": lr}
+        assert apply_recipe(quick) == {"optim.lr": lr, "model.echo_bias": False}
         assert (quick.optim.weight_decay, quick.data.batch_size, quick.model.dropout) == (0.01, 64, 0.1)
         assert quick.model.structure is False  # the quick comparison is of the plain cells
     with pytest.raises(TangshiError, match=r"optim\.lr left at null and model\.cell=gru has no recipe for it"):

@@ -95,7 +95,7 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
     """Fill every setting left at null with the value of ``model.cell``'s recipe (``recipes.<cell>``, else
     ``recipes.default``); a value already set, on the command line or by an experiment, stays. Returns what was
     taken from the recipe, flattened (``{"optim.lr": 0.03, …}``), for the run to print. A setting that stays null
-    is one line naming it."""
+    is one line naming it. ``model.echo_bias`` left at null follows ``model.structure``, which it reads."""
     from tangshi.errors import TangshiError
 
     recipes = cfg.get("recipes") or {}
@@ -113,6 +113,9 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
             f"{', '.join(unset)} left at null and model.cell={cell} has no recipe for "
             f"{'it' if len(unset) == 1 else 'them'}: set {'it' if len(unset) == 1 else 'them'}, or recipes.{cell}"
         )
+    if "model" in cfg and cfg.model.get("echo_bias", False) is None:  # null: with the structure it reads
+        OmegaConf.update(cfg, "model.echo_bias", bool(cfg.model.structure), merge=False)
+        taken["model.echo_bias"] = bool(cfg.model.structure)
     return taken
 
 

@@ -274,6 +274,28 @@ class CharLM(nn.Module):
         with _float32(flat):
             return self.decoder.log_prob(flat.float())
 
+    def _log_probs_of(self, flat: Tensor, chars: Tensor) -> Tensor:
+        """log p ``(N, K)`` of ``chars`` ``(N, K)`` for rows ``flat`` ``(N, D)``. The adaptive head computes a
+        tail cluster only for the rows that list one of its characters: a tenth of the cost of every row's
+        whole distribution, which made training with the echo bias 6 % slower."""
+        if isinstance(self.decoder, nn.Linear):
+            return self._full_log_probs(flat).gather(1, chars)
+        d = self.decoder
+        with _float32(flat):
+            flat = flat.float()
+            head = F.log_softmax(d.head(flat), dim=1)
+            out = head.gather(1, chars.clamp(max=d.shortlist_size - 1))  # right for the shortlist's characters
+            for i, (lo, hi) in enumerate(itertools.pairwise(d.cutoffs)):
+                inside = (chars >= lo) & (chars < hi)
+                rows = inside.any(1).nonzero()[:, 0]
+                if len(rows):
+                    tail = F.log_softmax(d.tail[i](flat[rows]), dim=1).gather(
+                        1, (chars[rows] - lo).clamp(0, hi - lo - 1)
+                    )
+                    got = head[rows, d.shortlist_size + i, None] + tail
+                    out = out.index_copy(0, rows, torch.where(inside[rows], got, out[rows]))
+        return out
+
     def log_probs(self, features: Tensor, ends: LineEnds | None = None) -> Tensor:
         """Next-character log-probabilities ``(..., V)`` from features ``(..., D)`` (``ends``: from
         ``line_ends``, with the features' leading shape; needed when ``echo_bias`` is on)."""
@@ -281,7 +303,7 @@ class CharLM(nn.Module):
         if self.echo is not None and ends is not None:
             rows = (ends.kind.reshape(-1) > 0).nonzero()[:, 0]
             picked = LineEnds(ends.kind.reshape(-1)[rows], ends.chars.reshape(-1, ends.chars.shape[-1])[rows])
-            gain, log_z = self.echo.terms(out[rows], picked)
+            gain, log_z = self.echo.terms(out[rows].gather(1, picked.chars), picked)
             out = out.index_copy(0, rows, out[rows].scatter_add(1, picked.chars, gain) - log_z[:, None])
         return out.reshape(*features.shape[:-1], self.vocab_size)
 
@@ -304,7 +326,7 @@ class CharLM(nn.Module):
             kind, chars = ends.kind[keep], ends.chars[keep]
             rows = (kind > 0).nonzero()[:, 0]
             picked = LineEnds(kind[rows], chars[rows])
-            gain, log_z = self.echo.terms(self._full_log_probs(feats[rows]), picked)
+            gain, log_z = self.echo.terms(self._log_probs_of(feats[rows], picked.chars), picked)
             hit = (gain * (picked.chars == tgts[rows, None])).sum(-1)
             total = total - (hit - log_z).sum()
         return total, keep.sum()

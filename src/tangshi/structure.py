@@ -191,17 +191,17 @@ class EchoBias(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(2))
 
-    def terms(self, log_p: Tensor, ends: LineEnds) -> tuple[Tensor, Tensor]:
-        """For rows ``log_p`` ``(N, V)`` at line-closing steps (``ends`` ``(N,)``, ``(N, ENDS)``): the log-odds
-        ``(N, ENDS)`` each listed character gains (0 for a repeat within the list and for PAD_ID), and log Z
-        ``(N,)``."""
+    def terms(self, listed_log_p: Tensor, ends: LineEnds) -> tuple[Tensor, Tensor]:
+        """For rows at line-closing steps (``ends`` ``(N,)``, ``(N, ENDS)``) and the log-probabilities
+        ``(N, ENDS)`` of the characters they list: the log-odds ``(N, ENDS)`` each listed character gains (0
+        for a repeat within the list and for PAD_ID), and log Z ``(N,)``."""
         chars = ends.chars
         earlier = torch.ones(chars.shape[-1], chars.shape[-1], dtype=torch.bool, device=chars.device).tril(-1)
         repeat = ((chars[:, :, None] == chars[:, None, :]) & earlier).any(-1)
         listed = (chars != PAD_ID) & ~repeat
         a = self.weight[ends.kind - 1]
         gain = torch.where(listed, a[:, None], 0.0)
-        log_s = log_p.gather(1, chars).masked_fill(~listed, float("-inf")).logsumexp(-1)
+        log_s = listed_log_p.masked_fill(~listed, float("-inf")).logsumexp(-1)
         s = log_s.exp().clamp(max=1 - 1e-6)
         # log Z = log((1 - s) + e^a s); rows with nothing listed have s = 0 and log Z = 0
         log_z = torch.where(listed.any(-1), torch.logaddexp(torch.log1p(-s), a + log_s), torch.zeros_like(s))
