@@ -178,7 +178,7 @@ def rhyme_against_bpc(points: dict[str, tuple[float, float, float, float, float]
     the share of its well-formed ``poem_set`` poems that rhyme (seeds pooled, Wilson 95 % interval) on y. Lowest
     bpc is not best structure: the points show where the two part."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.17 * len(points)))
     for i, (label, (bpc, sd, rhyme, lo, hi)) in enumerate(sorted(points.items())):
         ax.errorbar(
             [bpc],
@@ -193,7 +193,7 @@ def rhyme_against_bpc(points: dict[str, tuple[float, float, float, float, float]
     ax.set(xlabel="best validation bits per character", ylabel=f"{poem_set}: rhyming share of well-formed poems (%)")
     ax.invert_xaxis()  # better to the right on both axes
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below: the points stay in sight
     return fig
 
 
