@@ -2,12 +2,13 @@
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tangshi.config import quote_non_ascii, to_plain
 from tangshi.errors import TangshiError, reported
@@ -22,7 +23,10 @@ def main(cfg: DictConfig) -> None:
         except ImportError:
             raise TangshiError("the studio needs Gradio: pip install -e '.[demo]' (make demo does it)") from None
         models = Models(model_choices(to_plain(cfg.ckpts), cfg.sweep))
-        default = to_plain(cfg.models) or to_plain(cfg.ckpts) or list(models.choices)[:3]
+        # the shipped model scripts/sample.py uses (conf/sample.yaml's cell, the best) takes the first column
+        best = f"shipped {OmegaConf.load(Path(__file__).resolve().parents[1] / 'conf' / 'sample.yaml').cell}"
+        ordered = sorted(models.choices, key=lambda name: name != best)
+        default = to_plain(cfg.models) or to_plain(cfg.ckpts) or ordered[:3]
         for name in default:
             models.get(name)  # load once, now: a bad path is one line before the page starts
         app = build(models, default)
