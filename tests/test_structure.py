@@ -2,6 +2,7 @@
 hand-read poems, for equality between training and stepwise decoding, and for no look-ahead."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,22 @@ def test_a_structured_run_trains_records_and_samples_in_form(compose_train):
     assert all(len(p) == 24 and p[5] == "，" and p[11] == "。" for p in poems)
     beams = sample(loaded.model, loaded.vocab, SamplingConfig(n=2, beam=4, form="wuyan_jueju"))
     assert len(beams) == 2 and all(len(p) == 24 for p in beams)
+
+
+def test_the_echo_terms_by_hand_and_a_row_with_nothing_listed():
+    """kind > 0 with no earlier line end (all PAD_ID): Z = 1, no gain, and no NaN in the gradient."""
+    from tangshi.structure import ENDS, EchoBias, LineEnds
+    from tangshi.vocab import PAD_ID
+
+    echo = EchoBias()
+    log_p = torch.log(torch.full((2, ENDS), 0.01)).requires_grad_()
+    chars = torch.full((2, ENDS), PAD_ID)
+    chars[1, 0] = 7  # the second row lists one character, p = 0.01
+    with torch.no_grad():
+        echo.weight.fill_(-2.0)
+    gain, log_z = echo.terms(log_p, LineEnds(torch.tensor([2, 2]), chars))
+    assert gain[0].abs().sum() == 0 and float(log_z[0]) == 0.0
+    # by hand: Z = 1 - 0.01 + e^-2 * 0.01
+    assert float(log_z[1]) == pytest.approx(math.log(1 - 0.01 + math.exp(-2) * 0.01), abs=1e-6)
+    log_z.sum().backward()
+    assert torch.isfinite(log_p.grad).all() and torch.isfinite(echo.weight.grad).all()

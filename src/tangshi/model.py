@@ -322,7 +322,7 @@ class CharLM(nn.Module):
             with _float32(feats):
                 total = -self.decoder(feats.float(), tgts).output.sum()
         if self.echo is not None and ends is not None:
-            # only the steps that close a line change: score them again over the whole vocabulary
+            # only the steps that close a line change: there, score the listed characters too
             kind, chars = ends.kind[keep], ends.chars[keep]
             rows = (kind > 0).nonzero()[:, 0]
             picked = LineEnds(kind[rows], chars[rows])
