@@ -52,7 +52,7 @@ def test_the_per_token_pass_agrees_with_the_models_batched_loss(tiny_checkpoint,
     scores = token_scores(loaded.model, loaded.vocab, bodies, batch_size=7)
     for body, nll in zip(bodies, scores.nll, strict=True):
         ids = torch.tensor([loaded.vocab.encode(body)])
-        total, n = loaded.model.nll(loaded.model(ids[:, :-1])[0], ids[:, 1:])
+        total, n = loaded.model.loss(ids[:, :-1], ids[:, 1:])
         assert int(n) == len(nll) == len(body) + 1
         assert float(total) == pytest.approx(float(nll.sum()), rel=1e-5)
 

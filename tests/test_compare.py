@@ -9,6 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tangshi import figures
 from tangshi.atomic import write_json
 from tangshi.comparison import best_lr, group_runs, summarise
 from tangshi.config import cpu_has_amx
@@ -333,3 +334,19 @@ def test_mean_and_deviation_survive_a_run_without_a_finite_value():
     mean, std = mean_std([7.0, math.inf])  # a diverged seed: the group's mean says so; no deviation
     assert mean == math.inf and math.isnan(std)
     assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_long_legend_labels_sit_below_the_curves_short_ones_inside(tmp_path):
+    curve = [[(0.0, 7.0), (1.0, 6.5)]]
+    long = {f"lstm lr 0.03 batch_size=128 dropout=0.{i} structure=True weight_decay=0.25": curve for i in range(3)}
+    fig = figures.mean_band(long, "step", "validation bits per character")
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (below,) = fig.legends
+    assert fig.axes[0].get_legend() is None
+    assert below.get_window_extent(renderer).y1 <= fig.axes[0].get_tightbbox(renderer).y0  # under the x label
+    figures.save_png(fig, tmp_path / "long.png")
+    short = figures.mean_band({"lstm": curve, "gru": curve}, "step", "validation bits per character")
+    assert short.axes[0].get_legend() is not None and not short.legends
+    figures.save_png(short, tmp_path / "short.png")

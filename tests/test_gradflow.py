@@ -16,7 +16,8 @@ def test_unrolled_steps_reproduce_the_parallel_core(cell):
     torch.manual_seed(0)
     model = CharLM(50, cell=cell, embed_dim=8, hidden_size=12, num_layers=2, dropout=0.0).eval()
     x = torch.randint(0, 50, (3, 9))
-    top, states = unroll(model, x)
+    top, states, ends = unroll(model, x)
+    assert ends is None  # no echo bias
     parallel, _ = model.core(model.embed(x))
     torch.testing.assert_close(top, parallel, atol=1e-5, rtol=1e-5)
     assert len(states) == 2 and len(states[0]) == 9 and len(states[0][0]) == (2 if cell == "lstm" else 1)

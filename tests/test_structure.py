@@ -149,9 +149,10 @@ def test_the_echo_bias_keeps_a_true_distribution_and_lowers_only_echoes(vocab, h
         model.echo.weight.copy_(torch.tensor([-1.0, -3.0]))
     ids = torch.tensor([vocab.encode(JINGYESI)])
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    feats, _ = model(inputs)
-    ends = model.line_ends(inputs)
-    plain, biased = model.log_probs(feats), model.log_probs(feats, ends)
+    feats, _, ends = model.read(inputs)
+    plain = model._full_log_probs(feats[0])[None]  # the distribution before the echo bias
+    biased = model.log_probs(feats, ends)
+    assert torch.equal(model.next_log_probs(inputs), biased)
     assert torch.allclose(biased.exp().sum(-1), torch.ones(inputs.shape), atol=1e-5)
     at = JINGYESI.index("乡")  # step `at` predicts 乡, closing line 4; 光, 霜 and 月 ended lines before
     光, 霜, 乡 = (vocab.stoi[c] for c in "光霜乡")
@@ -169,13 +170,18 @@ def test_the_echo_bias_keeps_a_true_distribution_and_lowers_only_echoes(vocab, h
     # the training path scores only the listed characters (and a tail cluster only where one is listed)
     flat = feats[0]
     chars = torch.arange(len(vocab)).roll(5).reshape(-1, 1)[: flat.shape[0]].expand(-1, 3) % len(vocab)
-    expected = model.log_probs(feats)[0].gather(1, chars)
+    expected = plain[0].gather(1, chars)
     assert torch.allclose(model._log_probs_of(flat, chars), expected, atol=1e-5)
     # and decoding sees the same distribution, step by step from the state
     out, state = model(ids[:, :1])
     for t in range(1, at + 1):
         out, state = model.step(ids[:, t], state)
     assert torch.allclose(model.log_probs(out, model.next_line_ends(state))[0], biased[0, at], atol=1e-5)
+    # scoring without the line ends would silently drop the bias: refused
+    with pytest.raises(TangshiError, match="echo_bias is on: pass the line ends"):
+        model.log_probs(feats)
+    with pytest.raises(TangshiError, match="echo_bias is on: pass the line ends"):
+        model.nll(feats, targets)
 
 
 def test_the_echo_bias_needs_structure(vocab):

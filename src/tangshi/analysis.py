@@ -81,8 +81,7 @@ def token_scores(model: CharLM, vocab: Vocab, bodies: Sequence[str], batch_size:
             idx = order[i : i + batch_size]
             batch = collate([ds[j] for j in idx])
             inputs = batch["inputs"].to(device)
-            feats, _ = model(inputs)
-            log_p = model.log_probs(feats, model.line_ends(inputs)).cpu()
+            log_p = model.next_log_probs(inputs).cpu()
             targets = batch["targets"]
             losses = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             hits = log_p.argmax(-1) == targets

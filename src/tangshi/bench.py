@@ -142,7 +142,7 @@ def plain_step(model: CharLM, *, lr: float = 3e-3, clip: float = 1.0, bf16: bool
     def step(batch: Batch) -> None:
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)  # no-op when already there
         with amp:
-            total, count = model.nll(model(inputs)[0], targets, model.line_ends(inputs))
+            total, count = model.loss(inputs, targets)
         (total / count).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()

@@ -27,11 +27,23 @@ def pyplot() -> Any:
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` to ``path`` (all or nothing) and close it."""
+    """Write ``fig`` to ``path`` (all or nothing) and close it; the page grows to hold a legend below it."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     pyplot().close(fig)
+
+
+def legend(ax: Any, fontsize: int = 8) -> None:
+    """``ax``'s legend: inside the axes while its labels are few and short, else below the figure, where long
+    labels (a comparison names each group by every setting that differs) cannot cover the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not labels:
+        return
+    if len(labels) <= 6 and max(len(label) for label in labels) <= 40:
+        ax.legend(fontsize=fontsize)
+    else:
+        ax.figure.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0))
 
 
 def geo_mean(values: Sequence[float]) -> float:
@@ -65,7 +77,7 @@ def gradient_flow(curves: dict[str, list[list[float]]], title: str) -> Any:
                 )
     ax.set(yscale="log", xlabel=FLOW_X, ylabel=FLOW_Y, title=title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    legend(ax, 7)
     return fig
 
 
@@ -83,7 +95,7 @@ def gradient_flow_history(history: list[dict[str, Any]], title: str) -> Any:
     if len(lines) > 8:  # a legend of every step is unreadable: keep the first and the last
         ax.legend([lines[0], lines[-1]], [lines[0].get_label(), lines[-1].get_label()])
     else:
-        ax.legend(fontsize=7)
+        legend(ax, 7)
     return fig
 
 
@@ -111,7 +123,7 @@ def gradient_flow_by_group(flows: dict[str, list[list[dict[str, Any]]]]) -> Any:
         ax.set(yscale="log", xlabel=FLOW_X, title=f"{when} (step {statistics.fmean(steps):.0f})")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(FLOW_Y)
-    axes[1].legend(fontsize=8)
+    legend(axes[1])
     return fig
 
 
@@ -128,7 +140,7 @@ def loss_by_position(curves: dict[str, list[list[float]]]) -> Any:
         ax.plot(range(1, n + 1), [statistics.fmean(c[i] for c in runs) for i in range(n)], label=label)
     ax.set(xlabel="n-th character of the poem (punctuation not counted)", ylabel="validation loss (nats)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    legend(ax)
     return fig
 
 
@@ -149,7 +161,7 @@ def mean_band(groups: dict[str, list[Curve]], xlabel: str, ylabel: str, xlog: bo
     if xlog:
         ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    legend(ax)
     return fig
 
 
@@ -169,7 +181,7 @@ def points_with_error(groups: dict[str, list[tuple[float, float, float]]], xlabe
         )
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    legend(ax)
     return fig
 
 
@@ -178,7 +190,7 @@ def rhyme_against_bpc(points: dict[str, tuple[float, float, float, float, float]
     the share of its well-formed ``poem_set`` poems that rhyme (seeds pooled, Wilson 95 % interval) on y. Lowest
     bpc is not best structure: the points show where the two part."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.17 * len(points)))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, (bpc, sd, rhyme, lo, hi)) in enumerate(sorted(points.items())):
         ax.errorbar(
             [bpc],
@@ -193,7 +205,7 @@ def rhyme_against_bpc(points: dict[str, tuple[float, float, float, float, float]
     ax.set(xlabel="best validation bits per character", ylabel=f"{poem_set}: rhyming share of well-formed poems (%)")
     ax.invert_xaxis()  # better to the right on both axes
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below: the points stay in sight
+    legend(ax)
     return fig
 
 
@@ -219,5 +231,5 @@ def objective_by_parameter(trials: list[dict[str, Any]], params: list[str], obje
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    legend(axes.flat[0])
     return fig

@@ -40,9 +40,9 @@ def probe_batch(bodies: Sequence[str], vocab: Vocab, length: int = 48, poems: in
     return torch.tensor(rows, dtype=torch.long)
 
 
-def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
-    """The core run one step and one layer at a time, dropout off: top-layer features ``(B, T, H)`` and, per
-    layer and step, the state tensors (``[h]``, or ``[h, c]`` for an LSTM).
+def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]], LineEnds | None]:
+    """The core run one step and one layer at a time, dropout off: top-layer features ``(B, T, H)``, per
+    layer and step the state tensors (``[h]``, or ``[h, c]`` for an LSTM), and the line ends of each step.
 
     The fused RNNs hide their recurrence from autograd, and the minimal cells' scan computes every h_t at once,
     so ∂L/∂h_t cannot be read off their outputs. Each core's single step (``layer_step``) runs the same
@@ -51,7 +51,7 @@ def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
     core = model.core
     if not getattr(core, "recurrent", False):
         raise TangshiError(f"gradient flow through time needs a recurrent core, not a {model.cell}")
-    x, _ = model.embed_inputs(inputs)
+    x, _, ends = model.embed_inputs(inputs)
     layers = core.num_layers
     state: list[Any] = [None] * layers
     states: list[list[Tensor]] = [[] for _ in range(layers)]
@@ -63,7 +63,7 @@ def unroll(model: CharLM, inputs: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
             states[layer].append(list(state[layer]) if isinstance(state[layer], tuple) else [state[layer]])
             h = core.layer_output(state[layer])
         top.append(h)
-    return torch.stack(top, dim=1), states
+    return torch.stack(top, dim=1), states, ends
 
 
 def gradient_flow(model: CharLM, tokens: Tensor) -> Tensor:
@@ -76,9 +76,8 @@ def gradient_flow(model: CharLM, tokens: Tensor) -> Tensor:
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     # inference_mode(False)/enable_grad: callable from any Lightning hook; autocast off: norms in float32.
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
-        top, states = unroll(model, inputs.clone())
+        top, states, ends = unroll(model, inputs.clone())
         feats = model.proj(top[:, -1:]) if model.proj is not None else top[:, -1:]
-        ends = model.line_ends(inputs)
         if ends is not None:  # the echo bias at the scored step
             ends = LineEnds(ends.kind[:, -1:], ends.chars[:, -1:])
         log_p = model.log_probs(feats, ends)

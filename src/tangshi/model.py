@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,15 @@ CELLS: dict[str, type[nn.Module]] = {
 }
 HEADS = ("full", "adaptive")
 IGNORE_INDEX = -100  # target value at padded positions
+
+
+class Reading(NamedTuple):
+    """What :meth:`CharLM.read` returns: features ``(B, T, D)``, the state after the last step, and the
+    :class:`~tangshi.structure.LineEnds` of each step (None without the echo bias)."""
+
+    features: Tensor
+    state: State
+    ends: LineEnds | None
 
 
 def check_config(
@@ -117,9 +126,11 @@ def _core_kwargs(cell: str, heads: int, positions: str, mlp_width: int | None) -
 class CharLM(nn.Module):
     """A character language model whose core is chosen by ``cell``.
 
-    ``forward`` returns features for every position; ``log_probs`` turns features into next-character
-    log-probabilities and ``nll`` scores targets, so both heads (full and adaptive softmax) share one API.
-    ``step`` and ``select_state`` are what decoding needs.
+    ``read`` returns features for every position, the state, and the line ends the echo bias reads (computed
+    once, with the structure features); ``log_probs`` turns features into next-character log-probabilities
+    and ``nll`` scores targets, so both heads (full and adaptive softmax) share one API; ``loss`` and
+    ``next_log_probs`` are the two together. ``step``, ``next_line_ends`` and ``select_state`` are what
+    decoding needs.
     """
 
     def __init__(
@@ -213,31 +224,50 @@ class CharLM(nn.Module):
             cluster_mass = [log_p[a:b].exp().sum().log() for a, b in itertools.pairwise(bounds)]
             head.bias.copy_(torch.cat([log_p[:cut], torch.stack(cluster_mass)]))
 
-    def embed_inputs(self, x: Tensor, state: StructState | None = None) -> tuple[Tensor, StructState | None]:
+    def embed_inputs(
+        self, x: Tensor, state: StructState | None = None
+    ) -> tuple[Tensor, StructState | None, LineEnds | None]:
         """The core's inputs ``(B, T, E)`` for token ids ``x`` ``(B, T)``: the character embedding, plus the
-        structure features when ``structure`` is on (``state``: theirs before ``x``; returned after it)."""
+        structure features when ``structure`` is on (``state``: theirs before ``x``; returned after it), and
+        the line ends the echo bias reads at each step (None without ``echo_bias``)."""
         e = self.embed(x)
         if self.structure is None:
-            return e, None
-        f, state = self.structure(x, state)
-        return e + f, state
+            return e, None, None
+        features, state, ends = self.structure.encode(x, state)
+        return e + self.structure.embed(features), state, ends if self.echo is not None else None
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Features ``(B, T, D)`` for token ids ``x`` ``(B, T)``, and the state after the last step: the
-        core's, paired with the structure features' when they are on."""
+    def read(self, x: Tensor, state: State | None = None) -> Reading:
+        """One pass over token ids ``x`` ``(B, T)``: the features ``(B, T, D)``, the state after the last step
+        (the core's, paired with the structure features' when they are on), and the line ends that
+        ``log_probs`` and ``nll`` need when ``echo_bias`` is on."""
         core_state, struct_state = self._split(state)
-        inputs, struct_state = self.embed_inputs(x, struct_state)
+        inputs, struct_state, ends = self.embed_inputs(x, struct_state)
         out, core_state = self.core(self.drop(inputs), core_state)
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)
-        return out, self._join(core_state, struct_state)
+        return Reading(out, self._join(core_state, struct_state), ends)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``read``'s features and state, for decoding's prompt and the cores' common interface."""
+        features, state, _ = self.read(x, state)
+        return features, state
+
+    def loss(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``nll`` of ``targets`` ``(B, T)`` after reading ``x`` ``(B, T)`` from the start of the poems."""
+        features, _, ends = self.read(x)
+        return self.nll(features, targets, ends)
+
+    def next_log_probs(self, x: Tensor) -> Tensor:
+        """Next-character log-probabilities ``(B, T, V)`` after each token of ``x`` ``(B, T)``."""
+        features, _, ends = self.read(x)
+        return self.log_probs(features, ends)
 
     def step(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Features ``(B, D)`` after one more token per row (``tokens`` ``(B,)``), and the new state: what
         ``forward`` gives for a ``(B, 1)`` input in eval mode (no dropout), for decoding."""
         core_state, struct_state = self._split(state)
-        inputs, struct_state = self.embed_inputs(tokens[:, None], struct_state)
+        inputs, struct_state, _ = self.embed_inputs(tokens[:, None], struct_state)
         h, core_state = self.core.step(inputs[:, 0], core_state)
         return (self.proj(h) if self.proj is not None else h), self._join(core_state, struct_state)
 
@@ -255,15 +285,8 @@ class CharLM(nn.Module):
     def _join(self, core_state: State, struct_state: StructState | None) -> State:
         return core_state if self.structure is None else (core_state, struct_state)
 
-    def line_ends(self, x: Tensor, state: State | None = None) -> LineEnds | None:
-        """What the echo bias reads at each step of ``x`` ``(B, T)`` (``state``: before ``x``, as ``forward``
-        takes it), or None without ``echo_bias``: pass it to ``log_probs`` and ``nll``."""
-        if self.echo is None or self.structure is None:
-            return None
-        return self.structure.encode(x, self._split(state)[1])[2]
-
     def next_line_ends(self, state: State) -> LineEnds | None:
-        """``line_ends`` for the step a decoding state stands at (``(B,)`` rows), or None without ``echo_bias``."""
+        """The line ends for the step a decoding state stands at (``(B,)`` rows), or None without ``echo_bias``."""
         if self.echo is None:
             return None
         return StructureFeatures.line_ends(self._split(state)[1])
@@ -296,11 +319,17 @@ class CharLM(nn.Module):
                     out = out.index_copy(0, rows, torch.where(inside[rows], got, out[rows]))
         return out
 
+    def _need_ends(self, ends: LineEnds | None) -> bool:
+        # scoring an echo model without its line ends would silently drop the bias: refuse
+        if self.echo is not None and ends is None:
+            raise TangshiError("model.echo_bias is on: pass the line ends from read() or next_line_ends()")
+        return ends is not None
+
     def log_probs(self, features: Tensor, ends: LineEnds | None = None) -> Tensor:
-        """Next-character log-probabilities ``(..., V)`` from features ``(..., D)`` (``ends``: from
-        ``line_ends``, with the features' leading shape; needed when ``echo_bias`` is on)."""
+        """Next-character log-probabilities ``(..., V)`` from features ``(..., D)`` (``ends``: from ``read``
+        or ``next_line_ends``, with the features' leading shape; needed when ``echo_bias`` is on)."""
         out = self._full_log_probs(features.reshape(-1, features.shape[-1]))
-        if self.echo is not None and ends is not None:
+        if self._need_ends(ends):
             rows = (ends.kind.reshape(-1) > 0).nonzero()[:, 0]
             picked = LineEnds(ends.kind.reshape(-1)[rows], ends.chars.reshape(-1, ends.chars.shape[-1])[rows])
             gain, log_z = self.echo.terms(out[rows].gather(1, picked.chars), picked)
@@ -309,7 +338,7 @@ class CharLM(nn.Module):
 
     def nll(self, features: Tensor, targets: Tensor, ends: LineEnds | None = None) -> tuple[Tensor, Tensor]:
         """Summed negative log-likelihood over non-padded targets, and how many there were (``ends``: from
-        ``line_ends``; needed when ``echo_bias`` is on).
+        ``read``; needed when ``echo_bias`` is on).
 
         Padded positions are dropped before the output layer, so they cost nothing and cannot leak into
         the loss whatever their features hold.
@@ -321,7 +350,7 @@ class CharLM(nn.Module):
         else:
             with _float32(feats):
                 total = -self.decoder(feats.float(), tgts).output.sum()
-        if self.echo is not None and ends is not None:
+        if self._need_ends(ends):
             # only the steps that close a line change: there, score the listed characters too
             kind, chars = ends.kind[keep], ends.chars[keep]
             rows = (kind > 0).nonzero()[:, 0]

@@ -96,8 +96,7 @@ class PoemLM(L.LightningModule):
     # -- steps ------------------------------------------------------------------------------------------
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        feats, _ = self.model(batch["inputs"])
-        total, count = self.model.nll(feats, batch["targets"], self.model.line_ends(batch["inputs"]))
+        total, count = self.model.loss(batch["inputs"], batch["targets"])
         return total / count, count
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

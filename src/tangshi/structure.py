@@ -171,10 +171,9 @@ class StructureFeatures(nn.Module):
         closes, even = _line_kind(state.line, state.col, state.width)
         return LineEnds(closes.long() + even.long(), state.ends)
 
-    def forward(self, ids: Tensor, state: StructState | None = None) -> tuple[Tensor, StructState]:
-        """Embedded features ``(B, T, dim)`` of ``ids`` ``(B, T)``, and the state after the last token."""
-        features, state, _ = self.encode(ids, state)
-        return features @ self.table.weight, state
+    def embed(self, features: Tensor) -> Tensor:
+        """``encode``'s 0/1 features ``(..., size)`` embedded to ``(..., dim)``: the sum of their table rows."""
+        return features @ self.table.weight
 
 
 class EchoBias(nn.Module):
