@@ -319,17 +319,19 @@ class CharLM(nn.Module):
                     out = out.index_copy(0, rows, torch.where(inside[rows], got, out[rows]))
         return out
 
-    def _need_ends(self, ends: LineEnds | None) -> bool:
-        # scoring an echo model without its line ends would silently drop the bias: refuse
-        if self.echo is not None and ends is None:
+    def _echoes(self, ends: LineEnds | None) -> bool:
+        """Whether scoring applies the echo bias; without its line ends it would silently be dropped: refused."""
+        if self.echo is None:
+            return False
+        if ends is None:
             raise TangshiError("model.echo_bias is on: pass the line ends from read() or next_line_ends()")
-        return ends is not None
+        return True
 
     def log_probs(self, features: Tensor, ends: LineEnds | None = None) -> Tensor:
         """Next-character log-probabilities ``(..., V)`` from features ``(..., D)`` (``ends``: from ``read``
         or ``next_line_ends``, with the features' leading shape; needed when ``echo_bias`` is on)."""
         out = self._full_log_probs(features.reshape(-1, features.shape[-1]))
-        if self._need_ends(ends):
+        if self._echoes(ends):
             rows = (ends.kind.reshape(-1) > 0).nonzero()[:, 0]
             picked = LineEnds(ends.kind.reshape(-1)[rows], ends.chars.reshape(-1, ends.chars.shape[-1])[rows])
             gain, log_z = self.echo.terms(out[rows].gather(1, picked.chars), picked)
@@ -350,7 +352,7 @@ class CharLM(nn.Module):
         else:
             with _float32(feats):
                 total = -self.decoder(feats.float(), tgts).output.sum()
-        if self._need_ends(ends):
+        if self._echoes(ends):
             # only the steps that close a line change: there, score the listed characters too
             kind, chars = ends.kind[keep], ends.chars[keep]
             rows = (kind > 0).nonzero()[:, 0]
