@@ -31,7 +31,7 @@ $(VENV)/.browser: $(VENV)/.installed $(VENV)/.demo
 train: venv
 	$(PY) scripts/train.py $(ARGS)
 
-# make sample ARGS="begin=春 n=5"   (the shipped LSTM; ARGS="ckpt=<.ckpt> …" for your own)
+# make sample ARGS="begin=春 n=5"   (the shipped GRU; ARGS="ckpt=<.ckpt> …" for your own)
 sample: venv
 	$(PY) scripts/sample.py $(ARGS)
 
