@@ -36,6 +36,22 @@ def test_each_cell_runs_forward_and_backward(cell, head):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_nll_matches_pytorchs_adaptive_loss_and_its_gradients():
+    """nll scores targets with one pass of the head (shared with the echo bias's listed characters): it must
+    give nn.AdaptiveLogSoftmaxWithLoss's own loss and gradients, shortlist and tail targets alike."""
+    torch.manual_seed(0)
+    m = CharLM(V, cell="gru", embed_dim=16, hidden_size=24, head="adaptive", adaptive_cutoffs=[10, 30])
+    x, y = _batch()
+    feats = m(x)[0].detach().requires_grad_(True)
+    assert (y < 10).any() and ((y >= 10) & (y < 30)).any() and (y >= 30).any()  # every cluster is scored
+    ours, _ = m.nll(feats, y)
+    (g_ours,) = torch.autograd.grad(ours, feats)
+    theirs = -m.decoder(feats.reshape(-1, 24), y.reshape(-1)).output.sum()
+    (g_theirs,) = torch.autograd.grad(theirs, feats)
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+    assert torch.allclose(g_ours, g_theirs, atol=1e-6)
+
+
 def _states_equal(a, b) -> bool:
     """Equal recurrent states, key/value caches included, within float tolerance."""
     if isinstance(a, torch.Tensor):

@@ -297,17 +297,26 @@ class CharLM(nn.Module):
         with _float32(flat):
             return self.decoder.log_prob(flat.float())
 
-    def _log_probs_of(self, flat: Tensor, chars: Tensor) -> Tensor:
-        """log p ``(N, K)`` of ``chars`` ``(N, K)`` for rows ``flat`` ``(N, D)``. The adaptive head computes a
-        tail cluster only for the rows that list one of its characters: most line-end characters are in the
-        shortlist, so this costs little more than the head, not every row's whole distribution."""
+    def _first_stage(self, flat: Tensor) -> Tensor:
+        """The log-softmax every row needs whatever it scores: the whole distribution ``(N, V)`` under the
+        full head; the adaptive head's ``(N, shortlist + clusters)``, whose tails are computed per row later."""
         if isinstance(self.decoder, nn.Linear):
-            return self._full_log_probs(flat).gather(1, chars)
+            return F.log_softmax(self.decoder(flat).float(), dim=-1)
+        with _float32(flat):
+            return F.log_softmax(self.decoder.head(flat.float()), dim=1)
+
+    def _log_probs_of(self, flat: Tensor, chars: Tensor, first: Tensor | None = None) -> Tensor:
+        """log p ``(N, K)`` of ``chars`` ``(N, K)`` for rows ``flat`` ``(N, D)`` (``first``: their
+        ``_first_stage``, when the caller has it already). The adaptive head computes a tail cluster only for
+        the rows that list one of its characters, as ``nn.AdaptiveLogSoftmaxWithLoss`` does for targets: most
+        characters are in the shortlist, so this costs little more than the head."""
+        first = self._first_stage(flat) if first is None else first
+        if isinstance(self.decoder, nn.Linear):
+            return first.gather(1, chars)
         d = self.decoder
         with _float32(flat):
             flat = flat.float()
-            head = F.log_softmax(d.head(flat), dim=1)
-            out = head.gather(1, chars.clamp(max=d.shortlist_size - 1))  # right for the shortlist's characters
+            out = first.gather(1, chars.clamp(max=d.shortlist_size - 1))  # right for the shortlist's characters
             for i, (lo, hi) in enumerate(itertools.pairwise(d.cutoffs)):
                 inside = (chars >= lo) & (chars < hi)
                 rows = inside.any(1).nonzero()[:, 0]
@@ -315,7 +324,7 @@ class CharLM(nn.Module):
                     tail = F.log_softmax(d.tail[i](flat[rows]), dim=1).gather(
                         1, (chars[rows] - lo).clamp(0, hi - lo - 1)
                     )
-                    got = head[rows, d.shortlist_size + i, None] + tail
+                    got = first[rows, d.shortlist_size + i, None] + tail
                     out = out.index_copy(0, rows, torch.where(inside[rows], got, out[rows]))
         return out
 
@@ -347,17 +356,15 @@ class CharLM(nn.Module):
         """
         keep = targets != IGNORE_INDEX
         feats, tgts = features[keep], targets[keep]
-        if isinstance(self.decoder, nn.Linear):
-            total = F.cross_entropy(self.decoder(feats).float(), tgts, reduction="sum")
-        else:
-            with _float32(feats):
-                total = -self.decoder(feats.float(), tgts).output.sum()
+        # one pass of the head: the targets and, at line-closing steps, the echo bias's listed characters
+        first = self._first_stage(feats)
+        total = -self._log_probs_of(feats, tgts[:, None], first).sum()
         if self._echoes(ends):
             # only the steps that close a line change: there, score the listed characters too
             kind, chars = ends.kind[keep], ends.chars[keep]
             rows = (kind > 0).nonzero()[:, 0]
             picked = LineEnds(kind[rows], chars[rows])
-            gain, log_z = self.echo.terms(self._log_probs_of(feats[rows], picked.chars), picked)
+            gain, log_z = self.echo.terms(self._log_probs_of(feats[rows], picked.chars, first[rows]), picked)
             hit = (gain * (picked.chars == tgts[rows, None])).sum(-1)
             total = total - (hit - log_z).sum()
         return total, keep.sum()
