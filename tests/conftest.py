@@ -37,6 +37,7 @@ TINY = [
     "trainer.enable_model_summary=false",
     "trainer.enable_progress_bar=false",
     "~callbacks.progress_bar",
+    "optim.optimizer=adamw",
     "optim.lr=1e-2",
     "optim.warmup_steps=5",
     "optim.weight_decay=0.01",

@@ -140,9 +140,10 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     from tangshi.config import apply_recipe
 
     # the recipes' values, written here as docs/search.md (2026-11-29 searches) and docs/rhyme.md (structure,
-    # 2026-12-01) state them
+    # 2026-12-01; Muon and 1,600 steps, 2026-12-02) state them
     lstm = _composed()
     assert apply_recipe(lstm) == {
+        "optim.optimizer": "muon",
         "optim.lr": 0.03,
         "optim.weight_decay": 0.25,
         "optim.warmup_steps": 100,
@@ -150,7 +151,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
         "model.structure": True,
         "model.echo_bias": True,
         "data.batch_size": 128,
-        "trainer.max_steps": 1800,
+        "trainer.max_steps": 1600,
     }
     assert (lstm.optim.lr, lstm.data.batch_size) == (0.03, 128)
     # the echo bias follows the structure it reads, unless set: the plain LSTM is one override away
@@ -161,6 +162,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     gru = _composed("model.cell=gru", "optim.lr=0.002")
     taken = apply_recipe(gru)
     assert gru.optim.lr == 0.002 and "optim.lr" not in taken and taken["data.batch_size"] == 64
+    assert taken["optim.optimizer"] == "adamw"
     mingru = _composed("model.cell=mingru")  # no recipe of its own: the default one
     assert apply_recipe(mingru)["optim.lr"] == 3e-3 and mingru.trainer.max_steps == 2000
     # an experiment's per-cell rate, its other settings explicit: compare_cells_quick at the rates of lr_search
@@ -179,8 +181,15 @@ def test_a_run_prints_and_records_the_recipe_it_took(compose_train, caplog):
     assert summary["lr"] == 0.005 and summary["config"]["optim"]["lr"] == 0.005
     assert "recipe of gru: optim.lr 0.005" in caplog.text and "learning rate: 0.005" in caplog.text
     caplog.clear()
-    train(compose_train("recipes={lstm: {model: {structure: true}}}", "model.structure=null"))
-    assert "recipe of lstm: model.structure true" in caplog.text  # a switch reads as one, not as 1
+    train(
+        compose_train(
+            "recipes={lstm: {optim: {optimizer: muon}, model: {structure: true}}}",
+            "optim.optimizer=null",
+            "model.structure=null",
+        )
+    )
+    # a name reads as itself and a switch as one, not as 1
+    assert "recipe of lstm: optim.optimizer muon, model.structure true" in caplog.text
 
 
 def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
@@ -695,7 +704,7 @@ def test_an_explicit_max_steps_wins_over_the_default_time_guard(tmp_path):
     # the LSTM's recipe sets the steps; the guard is the trainer's default
     overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "recipes"))] + [f"paths.root_dir={tmp_path}"]
     assert _stopping_rule_line(*overrides) == (
-        "1800 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes first"
+        "1600 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes first"
     )
     assert _stopping_rule_line(*overrides, "trainer.max_steps=5000") == "5000 steps (trainer.max_steps)"
     assert "3 min" in _stopping_rule_line(*overrides, "trainer.max_steps=5000", "trainer.max_time=00:00:03:00")

@@ -121,6 +121,7 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
 
 # The settings a recipe decides (null in conf/: the cell's recipe fills them).
 RECIPE_KEYS = (
+    "optim.optimizer",
     "optim.lr",
     "optim.weight_decay",
     "optim.warmup_steps",

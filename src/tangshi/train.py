@@ -46,8 +46,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     # Settings errors surface here, in one line, before any data is read.
     taken = apply_recipe(cfg)
     if taken:
-        shown = ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else format(v, 'g')}" for k, v in taken.items())
-        log.info("recipe of %s: %s", cfg.model.cell, shown)
+        log.info("recipe of %s: %s", cfg.model.cell, ", ".join(f"{k} {_shown(v)}" for k, v in taken.items()))
     check_config(**to_plain(cfg.model))
     model_cfg = resolve_budget(to_plain(cfg.model))
     optim = resolve_lr(to_plain(cfg.optim), model_cfg["cell"], cfg.model.get("param_budget"))
@@ -256,3 +255,10 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, summary: dict[str, Any]) ->
     if rhyme:
         metrics.update({"hparams/rhyme_loss": rhyme["loss"], "hparams/rhyme_acc": rhyme["acc"]})
     logger.log_hyperparams(params, metrics)
+
+
+def _shown(value: Any) -> str:
+    """A recipe value as the command line would write it: ``true``, ``0.03``, ``muon``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return format(value, "g") if isinstance(value, int | float) else str(value)
