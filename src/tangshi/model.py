@@ -293,7 +293,7 @@ class CharLM(nn.Module):
 
     def _full_log_probs(self, flat: Tensor) -> Tensor:
         if isinstance(self.decoder, nn.Linear):
-            return F.log_softmax(self.decoder(flat).float(), dim=-1)
+            return self._first_stage(flat)
         with _float32(flat):
             return self.decoder.log_prob(flat.float())
 
