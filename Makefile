@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv train sample demo bench test test-slow test-browser gpu-study lint format clean
+.PHONY: venv train sample demo bench compare-cells test test-slow test-browser gpu-study lint format clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,19 @@ demo: $(VENV)/.demo
 # training, sampling and start-up speed (about 15 min on 2 cores, docs/performance.md) → outputs/bench/
 bench: venv
 	$(PY) scripts/bench.py $(ARGS)
+
+# The chapter's comparison (experiment=compare_cells, docs/rhyme.md section 4): 18 runs, about 4.5 hours on
+# 2 cores, its two halves (structure off, on) side by side at one thread each. Run it again to resume where it
+# stopped (ckpt_path=last; finished runs are skipped); then the report and figures, in that directory.
+COMPARE_CELLS ?= outputs/compare_cells/multiruns
+compare-cells: venv
+	mkdir -p $(COMPARE_CELLS)
+	for s in false true; do \
+		$(PY) scripts/train.py -m experiment=compare_cells model.structure=$$s torch_threads=1 ckpt_path=last \
+			trainer.enable_progress_bar=false hydra.sweep.dir=$(COMPARE_CELLS)/chapter_structure_$$s $(ARGS) \
+			> $(COMPARE_CELLS)/chapter_structure_$$s.log 2>&1 & \
+	done; wait
+	$(PY) scripts/compare.py $(COMPARE_CELLS) --no-ngram
 
 test: venv
 	$(PY) -m pytest -m "not slow and not browser" $(ARGS)

@@ -36,6 +36,7 @@ from tangshi.formatting import markdown_table
 from tangshi.gradflow import gradient_flow, probe_batch
 from tangshi.model import IGNORE_INDEX, CharLM, build_model
 from tangshi.module import PoemLM
+from tangshi.optimizer import build_optimizer
 from tangshi.vocab import Vocab
 
 Batch = dict[str, Tensor]
@@ -132,10 +133,13 @@ def _now(device: str) -> float:
 # -- training-step throughput -----------------------------------------------------------------------------
 
 
-def plain_step(model: CharLM, *, lr: float = 3e-3, clip: float = 1.0, bf16: bool = False) -> Callable[[Batch], None]:
-    """One step of a minimal PyTorch loop: forward, loss, backward, clip, AdamW step."""
+def plain_step(
+    model: CharLM, *, lr: float = 3e-3, clip: float = 1.0, bf16: bool = False, optimizer: str = "adamw"
+) -> Callable[[Batch], None]:
+    """One step of a minimal PyTorch loop: forward, loss, backward, clip, and the step of the optimiser
+    training uses (``optim.optimizer``: AdamW, or Muon for the core's matrices)."""
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = build_optimizer(model, {"optimizer": optimizer, "lr": lr, "weight_decay": 0.01})
     model.train()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -162,9 +166,10 @@ def rate(step: Callable[[Batch], None], batches: list[Batch], warmup: int, devic
     return sum(tokens(b) for b in batches[warmup:]) / (_now(device) - start)
 
 
-def plain_rate(model: CharLM, batches: list[Batch], warmup: int, bf16: bool = False) -> float:
+def plain_rate(model: CharLM, batches: list[Batch], warmup: int, bf16: bool = False, optimizer: str = "adamw") -> float:
     """Tokens/s of :func:`plain_step`."""
-    return rate(plain_step(model, bf16=bf16), batches, warmup, next(model.parameters()).device.type)
+    step = plain_step(model, bf16=bf16, optimizer=optimizer)
+    return rate(step, batches, warmup, next(model.parameters()).device.type)
 
 
 class _Clock(L.Callback):
@@ -385,6 +390,7 @@ def run(
         measure = {
             "peak": lambda: mm_peak(device, torch.bfloat16 if bf16 else torch.float32),
             "plain": lambda cell=cell: plain_rate(fresh(cell), batches, settings.warmup, bf16),
+            "plain_muon": lambda cell=cell: plain_rate(fresh(cell), batches, settings.warmup, bf16, "muon"),
             "lightning": lambda cfg=cfg: lightning_rate(
                 cfg, vocab, batches, settings.warmup, device, settings.precision
             ),
@@ -399,6 +405,9 @@ def run(
             "plain_tokens_per_s": med(r["plain"]),
             "lightning_tokens_per_s": med(r["lightning"]),
             "lightning_overhead": med(1 - lit / pl for lit, pl in zip(r["lightning"], r["plain"], strict=True)),
+            "muon_tokens_per_s": med(r["plain_muon"]),
+            # Muon's Newton-Schulz iterations against AdamW's elementwise update, in the plain loop
+            "muon_vs_adamw": med(mu / pl for mu, pl in zip(r["plain_muon"], r["plain"], strict=True)),
             "train_flops_per_token": flops_per_token,
             "useful_flops": med(r["lightning"]) * flops_per_token,
             "mm_peak_flops": med(r["peak"]),
@@ -446,7 +455,7 @@ def run(
 
 def to_markdown(r: dict[str, Any]) -> str:
     bf16 = r["precision"] == "bf16-mixed"
-    columns = ["cell", "plain loop tok/s", "Lightning tok/s", "Lightning overhead", "useful GFLOP/s"]
+    columns = ["cell", "plain loop tok/s", "Lightning tok/s", "Lightning overhead", "Muon vs AdamW", "useful GFLOP/s"]
     columns += ["mm peak GFLOP/s", "of mm peak"] + (["bf16 vs float32"] if bf16 else [])
     rows = [
         [
@@ -454,6 +463,7 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"{c['plain_tokens_per_s']:,.0f}",
             f"{c['lightning_tokens_per_s']:,.0f}",
             f"{c['lightning_overhead']:+.1%}",
+            f"{c['muon_vs_adamw']:.2f}x",
             f"{c['useful_flops'] / 1e9:.1f}",
             f"{c['mm_peak_flops'] / 1e9:.0f}",
             f"{c['fraction_of_mm_peak']:.0%}",
