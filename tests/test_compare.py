@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tangshi import figures
 from tangshi.atomic import write_json
 from tangshi.comparison import best_lr, group_runs, summarise
-from tangshi.config import cpu_has_amx
+from tangshi.config import cpu_has_amx, cpu_has_bf16
 from tangshi.report import plot, to_markdown
 from tangshi.runs import Run, load
 from tangshi.stats import fisher_p, holm, mean_std, welch_p, wilson
@@ -110,6 +110,7 @@ def test_every_run_records_what_it_was(sweep):
         assert config["trainer"]["precision"] in ("32-true", "bf16-mixed") and "${" not in json.dumps(config)
         assert config["model"]["hidden_size"] == 64 and config["seed"] == m["seed"]
         assert env["amx"] == cpu_has_amx() and env["hardware"].startswith(env["cpu"]) and env["threads"] >= 1
+        assert env["bf16"] == cpu_has_bf16() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert len(env["commit"]) == 40 and isinstance(env["dirty"], bool)
         assert env["torch"] == torch.__version__
 

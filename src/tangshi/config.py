@@ -13,13 +13,24 @@ from omegaconf import DictConfig, OmegaConf
 RUN_TAG = f"{os.getpid():x}{secrets.token_hex(2)}"
 
 
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX bf16 tile instructions (Linux ``/proc/cpuinfo`` flag ``amx_bf16``)."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where that cannot be read."""
     try:
         with open(cpuinfo, encoding="utf-8") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
     except OSError:
-        return False
+        return set()
+
+
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX bf16 tile instructions (flag ``amx_bf16``)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX, or AVX-512 BF16 dot products). Elsewhere
+    torch emulates them: on an AVX2-only EPYC a bf16 matmul ran at a seventh of float32's rate (2026-12-02)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags(cpuinfo))
 
 
 def cpu_precision(cpuinfo: str = "/proc/cpuinfo") -> str:

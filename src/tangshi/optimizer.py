@@ -9,11 +9,14 @@ softmax head stay with AdamW. Its rate is scaled to match AdamW's update size (`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from tangshi.config import cpu_has_bf16
 
 OPTIMIZERS = ("adamw", "muon")
 BETAS = (0.9, 0.99)  # AdamW's, as conf/train.yaml has them (a test keeps the two equal)
@@ -28,6 +31,64 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, no_decay
 
 
+def orthogonalise(
+    g: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> Tensor:
+    """``torch.optim.Muon``'s Newton-Schulz iteration (its quintic and coefficients) on ``g``, computed in ``dtype``."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    if g.size(0) > g.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+
+class Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` (its settings, state and update) with the Newton-Schulz iteration in bf16, as torch
+    computes it, only where the hardware multiplies bf16 (a GPU, a CPU with AMX or AVX-512 BF16), and in float32
+    elsewhere: on an AVX2-only EPYC, emulated bf16 ran at a seventh of float32's rate and a Muon run of the
+    default LSTM at about a tenth of its speed (2026-12-02, docs/rhyme.md section 2e). ``ns_dtype`` fixes the
+    precision instead."""
+
+    def __init__(self, params: Any, lr: float, ns_dtype: torch.dtype | None = None, **kwargs: Any):
+        super().__init__(params, lr=lr, adjust_lr_fn="match_rms_adamw", **kwargs)
+        self.ns_dtype = ns_dtype
+        self._cpu_bf16 = cpu_has_bf16()
+
+    def dtype_for(self, p: Tensor) -> torch.dtype:
+        """The precision of ``p``'s Newton-Schulz iteration."""
+        if self.ns_dtype is not None:
+            return self.ns_dtype
+        return torch.bfloat16 if p.device.type != "cpu" or self._cpu_bf16 else torch.float32
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalise(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.dtype_for(p)
+                )
+                p.mul_(1 - lr * decay)
+                p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape[:2])))  # match_rms_adamw
+        return loss
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """Muon for ``matrices``, AdamW for ``rest`` (dicts of param groups), seen by Lightning and the rate
     schedule as one optimiser: its ``param_groups`` are the two optimisers' own group dicts, so a schedule
@@ -36,7 +97,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(
         self, matrices: list[dict[str, Any]], rest: list[dict[str, Any]], lr: float, betas: tuple[float, float]
     ):
-        self.muon = torch.optim.Muon(matrices, lr=lr, adjust_lr_fn="match_rms_adamw")
+        self.muon = Muon(matrices, lr=lr)
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas)
         # the base class keeps the very group dicts it is given: a schedule's lr reaches both optimisers
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {"lr": lr})

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tangshi.config import cpu_has_amx, flatten
+from tangshi.config import cpu_has_amx, cpu_has_bf16, flatten
 
 # What a run *is*: the settings that change what is trained and how it is scored. Everything else in the config
 # (paths, task and run names, logging, callbacks, the poems sampled for people, the recipe table `recipes`, whose
@@ -67,6 +67,8 @@ def environment(accelerator: str | None = None) -> dict[str, Any]:
         "lightning": lightning.__version__,
         "cpu": cpu_model(),
         "amx": amx,
+        "bf16": cpu_has_bf16(),  # bf16 matrix products in hardware (AMX or AVX-512 BF16): Muon's precision follows
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's kernels use: AVX2, AVX512
         "threads": torch.get_num_threads(),
         "gpu": gpu,
         "hardware": gpu or f"{cpu_model()}{' (AMX)' if amx else ' (no AMX)'}",
