@@ -46,6 +46,14 @@ def orthogonalise(
     return x.T if g.size(0) > g.size(1) else x
 
 
+def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """What ``step(closure)`` returns: the loss ``closure`` computes (with gradients on), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon`` (its settings, state and update) with the Newton-Schulz iteration in bf16, as torch
     computes it, only where the hardware multiplies bf16 (a GPU, a CPU with AMX or AVX-512 BF16), and in float32
@@ -66,10 +74,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -107,10 +112,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
