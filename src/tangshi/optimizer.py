@@ -46,6 +46,14 @@ def orthogonalise(
     return x.T if g.size(0) > g.size(1) else x
 
 
+def newton_schulz_dtype(device: torch.device, cpu_bf16: bool | None = None) -> torch.dtype:
+    """Muon's Newton-Schulz precision on ``device``: bf16, as torch computes it, where the hardware multiplies bf16
+    (a GPU, a CPU with AMX or AVX-512 BF16), float32 elsewhere. ``cpu_bf16``: the CPU's answer, if already read."""
+    if device.type != "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else torch.float32
+
+
 def _closure_loss(closure: Callable[[], Any] | None) -> Any:
     """What ``step(closure)`` returns: the loss ``closure`` computes (with gradients on), or None."""
     if closure is None:
@@ -64,13 +72,11 @@ class Muon(torch.optim.Muon):
     def __init__(self, params: Any, lr: float, ns_dtype: torch.dtype | None = None, **kwargs: Any):
         super().__init__(params, lr=lr, adjust_lr_fn="match_rms_adamw", **kwargs)
         self.ns_dtype = ns_dtype
-        self._cpu_bf16 = cpu_has_bf16()
+        self._cpu_bf16 = cpu_has_bf16()  # read once: the step asks for every matrix
 
     def dtype_for(self, p: Tensor) -> torch.dtype:
         """The precision of ``p``'s Newton-Schulz iteration."""
-        if self.ns_dtype is not None:
-            return self.ns_dtype
-        return torch.bfloat16 if p.device.type != "cpu" or self._cpu_bf16 else torch.float32
+        return self.ns_dtype if self.ns_dtype is not None else newton_schulz_dtype(p.device, self._cpu_bf16)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

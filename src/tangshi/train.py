@@ -21,12 +21,13 @@ from tangshi import checkpoint, poem_sets, record
 from tangshi.analysis import position_losses
 from tangshi.atomic import write_json, write_text
 from tangshi.callbacks import GradientFlow, GradientNorms, StoppingRule, TrainingClock, parse_duration
-from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, cpu_has_bf16, default_threads, to_plain
+from tangshi.config import apply_recipe, command_line_keys, cpu_has_amx, default_threads, to_plain
 from tangshi.datamodule import PoemDataModule
 from tangshi.decoding import SamplingConfig, sample
 from tangshi.errors import TangshiError
 from tangshi.model import bits, check_config, resolve_budget
 from tangshi.module import PoemLM, resolve_lr
+from tangshi.optimizer import newton_schulz_dtype
 
 log = logging.getLogger(__name__)
 CPU_CORES = torch.get_num_threads()  # torch's default (physical cores), before any run of this process changes it
@@ -91,7 +92,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         callbacks=[clock, norms, *callbacks, stopping],  # the clock first: no other callback's work is timed
     )
     log.info("precision: %s%s", trainer.precision, " (this CPU has AMX)" if cpu_has_amx() else "")
-    if optim.get("optimizer") == "muon" and trainer.strategy.root_device.type == "cpu" and not cpu_has_bf16():
+    if optim.get("optimizer") == "muon" and newton_schulz_dtype(trainer.strategy.root_device) == torch.float32:
         log.info("Muon's Newton-Schulz iteration in float32: this CPU has no bf16 matrix unit (optimizer.Muon)")
     log.info("stopping rule: %s", stopping.describe(trainer))
     # The record: every setting as used (not as spelled), and where it ran.
