@@ -678,6 +678,50 @@ def test_a_time_limited_run_stops_validated_and_resumes_for_more_steps(tmp_path)
     assert second["steps"] > first["steps"] + 10
 
 
+def test_the_steps_a_time_limit_allows_and_the_schedule_moved_there_worked_by_hand():
+    from tangshi.schedule import Schedule, steps_in_time
+
+    # 50 steps in 75 s (1.5 s a step) of a 14-minute limit less 3 %: 814.8 - 75 = 739.8 s left, 493 more steps
+    assert steps_in_time(50, 50, 75.0, 840.0, 1600) == 543
+    assert steps_in_time(50, 50, 75.0, 840.0, 500) == 500  # never past the configured steps
+    assert steps_in_time(550, 50, 900.0, 840.0, 1600) == 551  # out of time already: the next step
+    # moved within its warm-up (100 steps): the same warm-up, then a cosine to the floor at the new end
+    early = Schedule("cosine", 100, 1600, 0.1).extended(50, 540)
+    assert early(49) == pytest.approx(0.5) and early(99) == pytest.approx(1.0)
+    assert early(320) == pytest.approx(0.55) and early(540) == pytest.approx(0.1)  # half-way: 0.1 + 0.9 / 2
+    # moved after it: on from the multiplier it has, 0.1 + 0.45 (1 + cos 48°) = 0.8511 at step 500 of 100-1600
+    late = Schedule("cosine", 100, 1600, 0.1).extended(500, 900)
+    assert late(500) == pytest.approx(0.8511, abs=1e-4) and late(900) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_a_run_the_time_limit_stops_early_still_ends_cooled_down(compose_train, fit):
+    # 100,000 steps in 15 seconds: cut by the clock, the old run stopped at nearly the peak rate; fitted, its
+    # cosine ends at the step the clock allows, at the floor (0.1 x 0.01), its warm-up as configured
+    cfg = compose_train(
+        "trainer.max_steps=100000",
+        "trainer.max_time=00:00:00:15",
+        "trainer.val_check_interval=60",  # each validation measures the pace again
+        "trainer.log_every_n_steps=1",
+        "optim.lr=0.01",
+        "optim.warmup_steps=5",
+        "callbacks.gradient_flow.every_n_steps=1000",
+        f"fit_schedule_to_time={str(fit).lower()}",
+    )
+    summary = train(cfg)
+    lr = _scalars(Path(cfg.paths.output_dir), "train/lr")
+    last = lr[max(lr)]
+    assert summary["stopped_by"] == "max_time" and 50 < summary["steps"] < 100000, summary["steps"]
+    assert lr[0] == pytest.approx(0.01 / 5) and lr[4] == pytest.approx(0.01)
+    if fit:
+        assert summary["schedule_fitted"]["of"] == 100000 and summary["schedule_fitted"]["steps"] >= summary["steps"]
+        assert last < 0.002, last
+        steps = sorted(lr)[4:]
+        assert all(lr[a] >= lr[b] for a, b in itertools.pairwise(steps))
+    else:
+        assert summary["schedule_fitted"] is None and last > 0.0099, last
+
+
 def _stopping_rule_line(*args: str) -> str:
     """The 'stopping rule:' line scripts/train.py logs at start (the run is stopped once it is printed)."""
     import subprocess
@@ -704,7 +748,8 @@ def test_an_explicit_max_steps_wins_over_the_default_time_guard(tmp_path):
     # the LSTM's recipe sets the steps; the guard is the trainer's default
     overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "recipes"))] + [f"paths.root_dir={tmp_path}"]
     assert _stopping_rule_line(*overrides) == (
-        "1600 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes first"
+        "1600 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes "
+        "first; if the time comes first, the schedule ends with it (fit_schedule_to_time)"
     )
     assert _stopping_rule_line(*overrides, "trainer.max_steps=5000") == "5000 steps (trainer.max_steps)"
     assert "3 min" in _stopping_rule_line(*overrides, "trainer.max_steps=5000", "trainer.max_time=00:00:03:00")

@@ -20,6 +20,7 @@ from tangshi.atomic import write_json
 from tangshi.errors import TangshiError, require_positive_int
 from tangshi.gradflow import DISTANCES, decay_ratios, gradient_flow, probe_batch
 from tangshi.model import IGNORE_INDEX
+from tangshi.schedule import steps_in_time
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +179,21 @@ class StoppingRule(L.Callback):
 
     The time limit counts this process only: Lightning's own ``max_time`` restores the time spent before a
     resume, so a resumed run with a larger ``max_steps`` would stop at once.
+
+    With ``fit_schedule``, a run the time limit would stop short of ``max_steps`` ends at the step its pace
+    reaches in time instead (:func:`tangshi.schedule.steps_in_time`, measured after ``calibrate_after`` steps
+    and at every validation), its learning-rate schedule ending there too, so it stops cooled down rather than
+    cut at a high rate; ``stopped_by`` is then ``max_time`` and ``fitted`` holds the pace and the steps.
     """
 
-    def __init__(self, max_seconds: float | None = None):
+    def __init__(self, max_seconds: float | None = None, fit_schedule: bool = False, calibrate_after: int = 50):
         self.max_seconds = max_seconds
+        self.fit_schedule, self.calibrate_after = fit_schedule, calibrate_after
         self.stopped_by: str | None = None
+        self.fitted: dict[str, Any] | None = None  # {"steps", "of", "s_per_step"} once the schedule is moved
         self._start = 0.0
+        self._first_step = 0
+        self._steps = 0  # max_steps as configured, before any fitting
 
     def describe(self, trainer: L.Trainer) -> str:
         limits = []
@@ -196,15 +206,49 @@ class StoppingRule(L.Callback):
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, EarlyStopping):
                 limits.append(f"no better {cb.monitor} for {cb.patience} validations (early stopping)")
-        return " or ".join(limits) + (", whichever comes first" if len(limits) > 1 else "") if limits else "none"
+        if not limits:
+            return "none"
+        rule = " or ".join(limits) + (", whichever comes first" if len(limits) > 1 else "")
+        if self.fit_schedule and self.max_seconds and trainer.max_steps > 0:
+            rule += "; if the time comes first, the schedule ends with it (fit_schedule_to_time)"
+        return rule
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
+        self._first_step, self._steps = trainer.global_step, trainer.max_steps
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def _fit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.fit_schedule and self.max_seconds and self._steps > 0):
+            return
+        step, elapsed = trainer.global_step, time.monotonic() - self._start
+        total = trainer.strategy.broadcast(
+            steps_in_time(step, step - self._first_step, elapsed, self.max_seconds, self._steps)
+        )
+        if abs(total - trainer.max_steps) <= 0.01 * (trainer.max_steps - step):  # no churn over a step or two
+            return
+        if not pl_module.end_schedule_at(step, total):  # type: ignore[operator]
+            return
+        trainer.fit_loop.epoch_loop.max_steps = total
+        pace = elapsed / max(1, step - self._first_step)
+        self.fitted = {"steps": total, "of": self._steps, "s_per_step": round(pace, 4)}
+        log.info(
+            "at %.2f s a step, %d steps do not fit %g min (trainer.max_time): the schedule now ends at step %d",
+            pace,
+            self._steps,
+            self.max_seconds / 60,
+            total,
+        )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.should_stop:
+            self._fit(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step - self._first_step == self.calibrate_after:
+            self._fit(trainer, pl_module)
         epoch_loop = trainer.fit_loop.epoch_loop
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-            self.stopped_by = "max_steps"
+            self.stopped_by = "max_time" if trainer.max_steps < self._steps else "max_steps"
         elif (
             trainer.max_epochs is not None
             and trainer.max_epochs > 0

@@ -32,7 +32,9 @@ def format_run_summary(summary: dict[str, Any]) -> str:
         p = summary["params"]
         lines.append(f"params:   {p['total']:,} total, {p['core']:,} in the {summary['cell']} core")
     if summary.get("stopped_by"):
-        lines.append(f"stopped:  by {summary['stopped_by']} at step {summary.get('steps')}")
+        fitted = summary.get("schedule_fitted")
+        ended = f" of {fitted['of']}, its schedule ended there to fit the time" if fitted else ""
+        lines.append(f"stopped:  by {summary['stopped_by']} at step {summary.get('steps')}{ended}")
     if summary.get("tokens_per_s"):
         lines.append(
             f"speed:    {summary['tokens_per_s']:,.0f} tokens/s over {summary['steps']} steps; "

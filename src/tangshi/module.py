@@ -166,11 +166,18 @@ class PoemLM(L.LightningModule):
             self.schedule = Schedule(
                 kind, warmup, total, float(o.get("min_lr_ratio", 0.1)), float(o.get("decay_frac", 0.2))
             )
-        schedule = self.schedule
         # A plain function, so LambdaLR keeps no copy of the schedule in its state: the schedule travels in
-        # the tangshi part of the checkpoint, where a resume can extend it.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+        # the tangshi part of the checkpoint, where a resume can extend it, and a time limit can end it earlier.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule(step))  # type: ignore[misc]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def end_schedule_at(self, step: int, total: int) -> bool:
+        """Move the schedule's end to ``total`` from ``step`` on (a time limit that will stop the run there:
+        :class:`tangshi.callbacks.StoppingRule`); False where there is no schedule to move."""
+        if self.schedule is None:
+            return False
+        self.schedule = self.schedule.extended(step, total)
+        return True
 
     # -- checkpoints ------------------------------------------------------------------------------------
 

@@ -10,6 +10,9 @@
 A cosine run extended to a larger ``total`` continues from the multiplier it had (no jump) and decays from
 there to ``min_ratio`` at the new end (``segments``); a finished cosine run is at its floor, so its extension
 trains at the floor: use ``wsd`` for runs meant to be extended.
+
+A run whose time limit (``trainer.max_time``) would cut it short of its steps has its schedule end moved to the
+step the time allows (``steps_in_time``, ``optim.fit_to_time``), so it still ends cooled down, not at a high rate.
 """
 
 from __future__ import annotations
@@ -65,12 +68,13 @@ class Schedule:
         return int(self.segments[-1][2]) if self.segments else self.total
 
     def extended(self, step: int, total: int) -> Schedule:
-        """This schedule resumed at ``step`` and run to ``total``: a ``wsd`` schedule with the new end (its
-        stable phase goes on), a cosine continued from the multiplier it has at ``step``."""
+        """This schedule resumed at ``step`` and run to ``total`` (more steps or fewer): a ``wsd`` schedule with the
+        new end (its stable phase goes on), a cosine continued from the multiplier it has at ``step`` (within its
+        warm-up, the same warm-up and a cosine to the new end)."""
         if total == self.end:
             return self
-        if self.kind == "wsd":
-            return Schedule("wsd", self.warmup, total, self.min_ratio, self.decay_frac)
+        if self.kind == "wsd" or (step <= self.warmup and not self.segments):  # no decay begun: a new end
+            return Schedule(self.kind, self.warmup, total, self.min_ratio, self.decay_frac)
         segments = [*self.segments, [step, self(step), total]]
         return Schedule(self.kind, self.warmup, self.total, self.min_ratio, self.decay_frac, segments)
 
@@ -83,3 +87,12 @@ class Schedule:
             "decay_frac": self.decay_frac,
             "segments": self.segments,
         }
+
+
+def steps_in_time(step: int, steps_run: int, elapsed_s: float, budget_s: float, cap: int, margin: float = 0.03) -> int:
+    """The last step a run at ``step`` reaches within ``budget_s`` seconds, at the pace of the ``steps_run`` steps
+    it made in ``elapsed_s`` (validations included), less a ``margin`` of the budget for a slower stretch; at
+    most ``cap`` (its configured steps) and at least the next step."""
+    pace = elapsed_s / max(1, steps_run)
+    left = budget_s * (1 - margin) - elapsed_s
+    return max(step + 1, min(cap, step + int(left / pace)))

@@ -78,7 +78,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     processes = devices if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
     torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CPU_CORES, processes)))
 
-    stopping = StoppingRule(parse_duration(time_limit(cfg)))
+    stopping = StoppingRule(parse_duration(time_limit(cfg)), fit_schedule=bool(cfg.get("fit_schedule_to_time")))
     clock, norms = TrainingClock(), GradientNorms()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):  # the bar is a callback: drop it rather than fail
@@ -126,6 +126,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         summary.update(
             steps=trainer.global_step,
             stopped_by=stopping.stopped_by,
+            schedule_fitted=stopping.fitted,  # the steps the time limit allowed, where it moved the end
             precision=str(trainer.precision),
             startup_s=clock.first_step_at - process_start if clock.first_step_at else None,
             train_started_at=clock.first_step_at,  # wall clock: curves against time start here
