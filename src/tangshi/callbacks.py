@@ -141,6 +141,8 @@ class StepProgressBar(TQDMProgressBar):
         if trainer.max_steps <= 0:
             return super().on_train_batch_end(trainer, pl_module, *args)
         bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # the time limit moved the run's end (StoppingRule)
+            bar.total = trainer.max_steps
         if self._should_update(trainer.global_step, bar.total):
             bar.n = trainer.global_step
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # also refreshes the bar
