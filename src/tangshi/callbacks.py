@@ -226,7 +226,7 @@ class StoppingRule(L.Callback):
         total = trainer.strategy.broadcast(
             steps_in_time(step, step - self._first_step, elapsed, self.max_seconds, self._steps)
         )
-        if abs(total - trainer.max_steps) <= 0.01 * (trainer.max_steps - step):  # no churn over a step or two
+        if abs(total - trainer.max_steps) <= 0.01 * (trainer.max_steps - step):  # a move under 1 % of what is left
             return
         if not pl_module.end_schedule_at(step, total):  # type: ignore[operator]
             return

@@ -12,7 +12,7 @@ there to ``min_ratio`` at the new end (``segments``); a finished cosine run is a
 trains at the floor: use ``wsd`` for runs meant to be extended.
 
 A run whose time limit (``trainer.max_time``) would cut it short of its steps has its schedule end moved to the
-step the time allows (``steps_in_time``, ``optim.fit_to_time``), so it still ends cooled down, not at a high rate.
+step the time allows (``steps_in_time``, ``fit_schedule_to_time``), so it still ends cooled down, not at a high rate.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class Schedule:
 
     def extended(self, step: int, total: int) -> Schedule:
         """This schedule resumed at ``step`` and run to ``total`` (more steps or fewer): a ``wsd`` schedule with the
-        new end (its stable phase goes on), a cosine continued from the multiplier it has at ``step`` (within its
-        warm-up, the same warm-up and a cosine to the new end)."""
+        new end (its stable phase goes on; an end so near that the cool-down should have begun drops the rate into
+        it), a cosine continued from the multiplier it has at ``step`` (within its warm-up, the same warm-up and a
+        cosine to the new end)."""
         if total == self.end:
             return self
         if self.kind == "wsd" or (step <= self.warmup and not self.segments):  # no decay begun: a new end
