@@ -682,9 +682,9 @@ def test_the_steps_a_time_limit_allows_and_the_schedule_moved_there_worked_by_ha
     from tangshi.schedule import Schedule, steps_in_time
 
     # 50 steps in 75 s (1.5 s a step) of a 14-minute limit less 3 %: 814.8 - 75 = 739.8 s left, 493 more steps
-    assert steps_in_time(50, 50, 75.0, 840.0, 1600) == 543
-    assert steps_in_time(50, 50, 75.0, 840.0, 500) == 500  # never past the configured steps
-    assert steps_in_time(550, 50, 900.0, 840.0, 1600) == 551  # out of time already: the next step
+    assert steps_in_time(50, 1.5, 75.0, 840.0, 1600) == 543
+    assert steps_in_time(50, 1.5, 75.0, 840.0, 500) == 500  # never past the configured steps
+    assert steps_in_time(550, 1.5, 900.0, 840.0, 1600) == 551  # out of time already: the next step
     # moved within its warm-up (100 steps): the same warm-up, then a cosine to the floor at the new end
     early = Schedule("cosine", 100, 1600, 0.1).extended(50, 540)
     assert early(49) == pytest.approx(0.5) and early(99) == pytest.approx(1.0)

@@ -223,15 +223,13 @@ class StoppingRule(L.Callback):
         if not (self.fit_schedule and self.max_seconds and self._steps > 0):
             return
         step, elapsed = trainer.global_step, time.monotonic() - self._start
-        total = trainer.strategy.broadcast(
-            steps_in_time(step, step - self._first_step, elapsed, self.max_seconds, self._steps)
-        )
+        pace = elapsed / max(1, step - self._first_step)
+        total = trainer.strategy.broadcast(steps_in_time(step, pace, elapsed, self.max_seconds, self._steps))
         if abs(total - trainer.max_steps) <= 0.01 * (trainer.max_steps - step):  # a move under 1 % of what is left
             return
         if not pl_module.end_schedule_at(step, total):  # type: ignore[operator]
             return
         trainer.fit_loop.epoch_loop.max_steps = total
-        pace = elapsed / max(1, step - self._first_step)
         self.fitted = {"steps": total, "of": self._steps, "s_per_step": round(pace, 4)}
         log.info(
             "at %.2f s a step, %d steps do not fit %g min (trainer.max_time): the schedule now ends at step %d",

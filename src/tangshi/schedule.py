@@ -90,10 +90,9 @@ class Schedule:
         }
 
 
-def steps_in_time(step: int, steps_run: int, elapsed_s: float, budget_s: float, cap: int, margin: float = 0.03) -> int:
-    """The last step a run at ``step`` reaches within ``budget_s`` seconds, at the pace of the ``steps_run`` steps
-    it made in ``elapsed_s`` (validations included), less a ``margin`` of the budget for a slower stretch; at
-    most ``cap`` (its configured steps) and at least the next step."""
-    pace = elapsed_s / max(1, steps_run)
+def steps_in_time(step: int, pace_s: float, elapsed_s: float, budget_s: float, cap: int, margin: float = 0.03) -> int:
+    """The last step a run at ``step``, ``elapsed_s`` into ``budget_s`` seconds, reaches at ``pace_s`` seconds a
+    step (validations included), less a ``margin`` of the budget for a slower stretch; at most ``cap`` (its
+    configured steps) and at least the next step."""
     left = budget_s * (1 - margin) - elapsed_s
-    return max(step + 1, min(cap, step + int(left / pace)))
+    return max(step + 1, min(cap, step + int(left / pace_s)))
