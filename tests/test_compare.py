@@ -100,6 +100,11 @@ def test_compare_aggregates_the_sweep_and_lists_the_crash(sweep):
     assert "rhyme loss" in text and "layer0_k20 init" in text
     for name in ("gradient_flow.png", "loss_by_position.png", "rhyme_vs_bpc.png"):
         assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
+    # without the corpus there are no reference rows, and the report does not speak of them
+    bare = run_script("compare.py", str(sweep), "--no-ngram")
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    text = (sweep / "report.md").read_text(encoding="utf-8")
+    assert "| real held-out poems (" not in text and "The reference rows" not in text and "No reference rows" in text
 
 
 def test_every_run_records_what_it_was(sweep):

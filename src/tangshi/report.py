@@ -120,13 +120,20 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             )
     poems = {name: t["poems"] for name, t in groups.items() if t["poems"]}
     if poems:
+        references = summary.get("references") or {}
         lines += [
             "",
             "What each group writes on its own: rhyme share of the well-formed poems, all seeds pooled, with its",
             "Wilson 95 % interval and each seed's share. Free: the sampling defaults; 五绝 and 七绝: form masks only,",
-            "no rhyme or tone masks. A repeated rhyme character is an echo, not a rhyme (echoed: its share). The",
-            "reference rows, scored by the same code: real held-out poems of the regular forms and random characters",
-            "in those forms.",
+            "no rhyme or tone masks. A repeated rhyme character is an echo, not a rhyme (echoed: its share).",
+            *(
+                [
+                    "The reference rows, scored by the same code: real held-out poems of the regular forms and random",
+                    "characters in those forms.",
+                ]
+                if references
+                else ["No reference rows: they need the corpus (--no-ngram leaves them out)."]
+            ),
             "",
             *markdown_table(
                 ["group", "free: well-formed", "free: rhyme", "五绝: rhyme", "七绝: rhyme", "echoed (free / 五绝)"],
@@ -143,7 +150,7 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
                 ]
                 + [
                     [f"{name} ({corpus})", "1.00", _rhyme_ref(ref), "", "", _fmt((ref["repeated_rhyme"], math.nan), 2)]
-                    for corpus, refs in (summary.get("references") or {}).items()
+                    for corpus, refs in references.items()
                     for name, ref in refs.items()
                 ],
             ),
