@@ -42,7 +42,7 @@ demo: $(VENV)/.demo
 bench: venv
 	$(PY) scripts/bench.py $(ARGS)
 
-# The chapter's comparison (experiment=compare_cells, docs/rhyme.md section 4): 18 runs, about 4.5 hours on
+# The chapter's comparison (experiment=compare_cells, docs/rhyme.md section 4): 18 runs, 4.5 to 5.5 hours on
 # 2 cores, its two halves (structure off, on) side by side at one thread each. Run it again to resume where it
 # stopped (ckpt_path=last; finished runs are skipped); then the report and figures, in that directory.
 COMPARE_CELLS ?= outputs/compare_cells/multiruns
