@@ -114,6 +114,8 @@ def test_every_run_records_what_it_was(sweep):
         assert config["optim"]["lr"] == 1e-2 and isinstance(config["optim"]["lr"], float)
         assert config["trainer"]["precision"] in ("32-true", "bf16-mixed") and "${" not in json.dumps(config)
         assert config["model"]["hidden_size"] == 64 and config["seed"] == m["seed"]
+        # the sweep's command line sets trainer.max_steps, which drops the default 14-minute guard
+        assert config["trainer"]["max_time"] is None and m["stopped_by"] == "max_steps"
         assert env["amx"] == cpu_has_amx() and env["hardware"].startswith(env["cpu"]) and env["threads"] >= 1
         assert env["bf16"] == cpu_has_bf16() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert len(env["commit"]) == 40 and isinstance(env["dirty"], bool)

@@ -78,7 +78,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
     processes = devices if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
     torch.set_num_threads(int(cfg.get("torch_threads") or default_threads(CPU_CORES, processes)))
 
-    stopping = StoppingRule(parse_duration(time_limit(cfg)), fit_schedule=bool(cfg.get("fit_schedule_to_time")))
+    cfg.trainer.max_time = time_limit(cfg)  # as used, so the record says so: an explicit max_steps drops the guard
+    stopping = StoppingRule(parse_duration(cfg.trainer.max_time), fit_schedule=bool(cfg.get("fit_schedule_to_time")))
     clock, norms = TrainingClock(), GradientNorms()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):  # the bar is a callback: drop it rather than fail
