@@ -140,11 +140,11 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     from tangshi.config import apply_recipe
 
     # the recipes' values, written here as docs/search.md (2026-11-29 searches) and docs/rhyme.md (structure,
-    # 2026-12-01; Muon and 1,600 steps, 2026-12-02) state them
+    # 2026-12-01; Muon and 1,600 steps, 2026-12-02; the rate 0.02, 2026-12-03) state them
     lstm = _composed()
     assert apply_recipe(lstm) == {
         "optim.optimizer": "muon",
-        "optim.lr": 0.03,
+        "optim.lr": 0.02,
         "optim.weight_decay": 0.25,
         "optim.warmup_steps": 100,
         "model.dropout": 0.0,
@@ -153,7 +153,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
         "data.batch_size": 128,
         "trainer.max_steps": 1600,
     }
-    assert (lstm.optim.lr, lstm.data.batch_size) == (0.03, 128)
+    assert (lstm.optim.lr, lstm.data.batch_size) == (0.02, 128)
     # the echo bias follows the structure it reads, unless set: the plain LSTM is one override away
     plain = _composed("model.structure=false")
     assert apply_recipe(plain)["model.echo_bias"] is False
