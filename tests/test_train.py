@@ -140,21 +140,20 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     from tangshi.config import apply_recipe
 
     # the recipes' values, written here as docs/search.md (2026-11-29 searches) and docs/rhyme.md (structure,
-    # 2026-12-01; Muon, 2026-12-02; the rate 0.02 and a core of 384 for 2,300 steps, 2026-12-03) state them
+    # 2026-12-01; Muon and 1,600 steps, 2026-12-02; the rate 0.02, 2026-12-03) state them
     lstm = _composed()
     assert apply_recipe(lstm) == {
         "optim.optimizer": "muon",
         "optim.lr": 0.02,
         "optim.weight_decay": 0.25,
         "optim.warmup_steps": 100,
-        "model.hidden_size": 384,
         "model.dropout": 0.0,
         "model.structure": True,
         "model.echo_bias": True,
         "data.batch_size": 128,
-        "trainer.max_steps": 2300,
+        "trainer.max_steps": 1600,
     }
-    assert (lstm.optim.lr, lstm.data.batch_size, lstm.model.hidden_size) == (0.02, 128, 384)
+    assert (lstm.optim.lr, lstm.data.batch_size) == (0.02, 128)
     # the echo bias follows the structure it reads, unless set: the plain LSTM is one override away
     plain = _composed("model.structure=false")
     assert apply_recipe(plain)["model.echo_bias"] is False
@@ -163,10 +162,7 @@ def test_each_cell_takes_its_recipe_and_an_explicit_value_wins():
     gru = _composed("model.cell=gru", "optim.lr=0.002")
     taken = apply_recipe(gru)
     assert gru.optim.lr == 0.002 and "optim.lr" not in taken and taken["data.batch_size"] == 64
-    assert taken["optim.optimizer"] == "adamw" and taken["model.hidden_size"] == 512
-    # a parameter budget decides the width, not the recipe
-    budgeted = _composed("model.param_budget=200000")
-    assert "model.hidden_size" not in apply_recipe(budgeted) and budgeted.model.hidden_size is None
+    assert taken["optim.optimizer"] == "adamw"
     mingru = _composed("model.cell=mingru")  # no recipe of its own: the default one
     assert apply_recipe(mingru)["optim.lr"] == 3e-3 and mingru.trainer.max_steps == 2000
     # an experiment's per-cell rate, its other settings explicit: compare_cells_quick at the rates of lr_search
@@ -752,7 +748,7 @@ def test_an_explicit_max_steps_wins_over_the_default_time_guard(tmp_path):
     # the LSTM's recipe sets the steps; the guard is the trainer's default
     overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "recipes"))] + [f"paths.root_dir={tmp_path}"]
     assert _stopping_rule_line(*overrides) == (
-        "2300 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes "
+        "1600 steps (trainer.max_steps) or 14 min of training in this process (trainer.max_time), whichever comes "
         "first; if the time comes first, the schedule ends with it (fit_schedule_to_time)"
     )
     assert _stopping_rule_line(*overrides, "trainer.max_steps=5000") == "5000 steps (trainer.max_steps)"

@@ -106,21 +106,19 @@ def apply_recipe(cfg: DictConfig) -> dict[str, Any]:
     """Fill every setting left at null with the value of ``model.cell``'s recipe (``recipes.<cell>``, else
     ``recipes.default``); a value already set, on the command line or by an experiment, stays. Returns what was
     taken from the recipe, flattened (``{"optim.lr": 0.03, …}``), for the run to print. A setting that stays null
-    is one line naming it. ``model.echo_bias`` left at null follows ``model.structure``, which it reads; a
-    ``model.param_budget``, where set, decides ``model.hidden_size`` instead of the recipe."""
+    is one line naming it. ``model.echo_bias`` left at null follows ``model.structure``, which it reads."""
     from tangshi.errors import TangshiError
 
     recipes = cfg.get("recipes") or {}
     cell = cfg.model.cell
     recipe = recipes.get(cell) if cell in recipes else recipes.get("default")
     raw = OmegaConf.to_container(cfg, resolve=False)  # interpolations count as set: they are not resolved here
-    budgeted = {"model.hidden_size"} if _raw(raw, "model.param_budget") is not None else set()
     taken = {}
     for key, value in flatten(OmegaConf.to_container(recipe, resolve=True) if recipe else {}).items():
-        if _raw(raw, key) is None and value is not None and key not in budgeted:
+        if _raw(raw, key) is None and value is not None:
             OmegaConf.update(cfg, key, value, merge=False)
             taken[key] = value
-    unset = [k for k in RECIPE_KEYS if _raw(raw, k) is None and k not in taken and k not in budgeted]
+    unset = [k for k in RECIPE_KEYS if _raw(raw, k) is None and k not in taken]
     if unset:
         raise TangshiError(
             f"{', '.join(unset)} left at null and model.cell={cell} has no recipe for "
@@ -138,7 +136,6 @@ RECIPE_KEYS = (
     "optim.lr",
     "optim.weight_decay",
     "optim.warmup_steps",
-    "model.hidden_size",
     "model.dropout",
     "model.structure",
     "data.batch_size",
