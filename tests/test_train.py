@@ -692,6 +692,18 @@ def test_the_steps_a_time_limit_allows_and_the_schedule_moved_there_worked_by_ha
     # moved after it: on from the multiplier it has, 0.1 + 0.45 (1 + cos 48°) = 0.8511 at step 500 of 100-1600
     late = Schedule("cosine", 100, 1600, 0.1).extended(500, 900)
     assert late(500) == pytest.approx(0.8511, abs=1e-4) and late(900) == pytest.approx(0.1)
+    # and it keeps its place on the curve: 48° at step 500, the other 132° over 400 steps, so step 700 is at
+    # 48 + 66 = 114°: 0.1 + 0.45 (1 + cos 114°) = 0.3670 (a fresh cosine from 0.8511 would read 0.4756 there)
+    assert late(700) == pytest.approx(0.3670, abs=1e-4)
+    # a cosine to the floor 0 over 1,000 steps, at a quarter (45°, 0.8536) moved to end at 1,750: its last three
+    # quarters now take 1,500 steps, so the curve's half-way point (0.5) falls at 750 and its 135° (0.1464) at 1,250;
+    # moved back to 1,250 at step 750, the rest (90° to 180°) takes 500 steps: 135° at 1,000
+    stretched = Schedule("cosine", 0, 1000, 0.0).extended(250, 1750)
+    assert stretched(250) == pytest.approx(0.8536, abs=1e-4) and stretched(750) == pytest.approx(0.5)
+    assert stretched(1250) == pytest.approx(0.1464, abs=1e-4) and stretched(1750) == pytest.approx(0.0)
+    squeezed = stretched.extended(750, 1250)
+    assert squeezed(700) == stretched(700) and squeezed(1000) == pytest.approx(0.1464, abs=1e-4)
+    assert squeezed(1250) == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("fit", [True, False])
@@ -720,6 +732,44 @@ def test_a_run_the_time_limit_stops_early_still_ends_cooled_down(compose_train, 
         assert all(lr[a] >= lr[b] for a, b in itertools.pairwise(steps))
     else:
         assert summary["schedule_fitted"] is None and last > 0.0099, last
+
+
+def test_a_machine_that_speeds_up_late_gets_the_steps_its_time_allows(compose_train, monkeypatch):
+    """The fitted end is measured again every 100 steps, not only at validations. A clock of 1 s a step for 100
+    steps, then 0.5 s, under a 400 s limit less 3 % (388 s), no validation before the end; worked by hand:
+    step 50: 50 + 338 / 1 = 388; step 100: 388, unmoved; 200 (150 s, 0.75 s a step): 200 + 238 / 0.75 = 517;
+    300 (200 s): 300 + 188 / (2/3) = 582; 400 (250 s): 400 + 138 / 0.625 = 620; 500 (300 s): 500 + 88 / 0.6 = 646;
+    600 (350 s): 600 + 38 / (7/12) = 665, reached at 382.5 s. Fitted once, it stopped at 388 with 144 s unused."""
+    from types import SimpleNamespace
+
+    from tangshi import callbacks
+    from tangshi.callbacks import StoppingRule
+
+    step = {"n": 0}
+    fake_time = SimpleNamespace(
+        monotonic=lambda: step["n"] * 1.0 if step["n"] <= 100 else 100 + (step["n"] - 100) * 0.5,
+        perf_counter=callbacks.time.perf_counter,
+        time=callbacks.time.time,
+    )
+    monkeypatch.setattr(callbacks, "time", fake_time)
+    batch_end = StoppingRule.on_train_batch_end
+
+    def at_step(self, trainer, *args):  # the clock reads the step the rule is about to judge
+        step["n"] = trainer.global_step
+        batch_end(self, trainer, *args)
+
+    monkeypatch.setattr(StoppingRule, "on_train_batch_end", at_step)
+    summary = train(
+        compose_train(
+            "trainer.max_steps=10000",
+            "trainer.max_time=00:00:06:40",
+            "trainer.val_check_interval=100000",
+            "callbacks.gradient_flow.every_n_steps=100000",
+            "test_after_fit=false",
+        )
+    )
+    assert summary["stopped_by"] == "max_time"
+    assert summary["steps"] == 665 and summary["schedule_fitted"]["steps"] == 665
 
 
 def _stopping_rule_line(*args: str) -> str:

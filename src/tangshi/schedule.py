@@ -7,9 +7,11 @@
   finished run is extended from there, at the peak rate, not from its cooled-down end.
 * ``constant``: the peak throughout.
 
-A cosine run extended to a larger ``total`` continues from the multiplier it had (no jump) and decays from
-there to ``min_ratio`` at the new end (``segments``); a finished cosine run is at its floor, so its extension
-trains at the floor: use ``wsd`` for runs meant to be extended.
+A cosine run moved to another ``total`` keeps its place on the curve: the rest of its cosine, from where it is
+to ``min_ratio``, is stretched or squeezed to the new end (``segments``), so the rate never jumps, and many small
+moves (a time limit refitted as the pace changes) still give one cosine's shape, not a rate held high and then
+crammed into a late cool-down. A finished cosine run is at its floor, so its extension trains at the floor: use
+``wsd`` for runs meant to be extended.
 
 A run whose time limit (``trainer.max_time``) would cut it short of its steps has its schedule end moved to the
 step the time allows (``steps_in_time``, ``fit_schedule_to_time``), so it still ends cooled down, not at a high rate.
@@ -60,8 +62,15 @@ class Schedule:
         return self.min_ratio + (1 - self.min_ratio) * (1 - math.sqrt(progress))
 
     def _cosine(self, step: int, start: int, ratio: float, end: int) -> float:
-        progress = min(1.0, (step - start) / max(1, end - start))
-        return self.min_ratio + (ratio - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        """The cosine between the peak (1) and ``min_ratio`` that reads ``ratio`` at ``start``, the rest of it
+        run over ``start``..``end``. Where on the curve it starts follows from ``ratio`` (the curve falls
+        monotonically), so a segment stores only [start, ratio, end]."""
+        span = 1 - self.min_ratio
+        if span <= 0:
+            return ratio
+        begun = math.acos(max(-1.0, min(1.0, 2 * (ratio - self.min_ratio) / span - 1))) / math.pi
+        phase = begun + (1 - begun) * min(1.0, (step - start) / max(1, end - start))
+        return self.min_ratio + span * 0.5 * (1 + math.cos(math.pi * phase))
 
     @property
     def end(self) -> int:
@@ -70,8 +79,8 @@ class Schedule:
     def extended(self, step: int, total: int) -> Schedule:
         """This schedule resumed at ``step`` and run to ``total`` (more steps or fewer): a ``wsd`` schedule with the
         new end (its stable phase goes on; an end so near that the cool-down should have begun drops the rate into
-        it), a cosine continued from the multiplier it has at ``step`` (within its warm-up, the same warm-up and a
-        cosine to the new end)."""
+        it), a cosine that keeps its place on the curve and runs the rest of it to the new end (within its warm-up,
+        the same warm-up and a cosine to the new end)."""
         if total == self.end:
             return self
         if self.kind == "wsd" or (step <= self.warmup and not self.segments):  # no decay begun: a new end
