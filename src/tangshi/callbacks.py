@@ -238,14 +238,18 @@ class StoppingRule(L.Callback):
         if not pl_module.end_schedule_at(step, total):  # type: ignore[operator]
             return
         trainer.fit_loop.epoch_loop.max_steps = total
+        if self.fitted is None:
+            log.info(
+                "at %.2f s a step, %d steps do not fit %g min (trainer.max_time): the schedule now ends at step %d "
+                "(moved again as the pace changes)",
+                pace,
+                self._steps,
+                self.max_seconds / 60,
+                total,
+            )
+        else:  # later moves, one every 100 steps or so, would crowd the log; the summary says where it ended
+            log.debug("at %.2f s a step the schedule now ends at step %d", pace, total)
         self.fitted = {"steps": total, "of": self._steps, "s_per_step": round(pace, 4)}
-        log.info(
-            "at %.2f s a step, %d steps do not fit %g min (trainer.max_time): the schedule now ends at step %d",
-            pace,
-            self._steps,
-            self.max_seconds / 60,
-            total,
-        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.should_stop:
