@@ -201,6 +201,16 @@ def test_resume_continues_from_the_saved_step(compose_train, tmp_path):
     assert torch.load(tmp_path / "r2" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
 
 
+def test_last_checkpoint_follows_every_validation_not_only_the_best(compose_train):
+    # At a rate of 1e-30 the updates are far too small to change the loss, so no validation beats the first
+    # (asserted): best.ckpt stays at step 10, and last.ckpt must still be the step-40 state, or
+    # ckpt_path=last would go back to the best step and lose the steps after it (Lightning writes save_last's
+    # copy only where it writes a new best).
+    run = train(compose_train("optim.lr=1e-30", "trainer.val_check_interval=10"))
+    assert run["best_step"] == 10 and run["steps"] == 40
+    assert torch.load(run["last_checkpoint"], weights_only=True)["global_step"] == 40
+
+
 def test_a_run_loads_the_lightning_way(compose_train):
     # PoemLM.load_from_checkpoint: the old code raised TypeError (missing 'vocab'), though it travels inside
     summary = train(compose_train("trainer.max_steps=2", "trainer.val_check_interval=2"))

@@ -149,7 +149,7 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
             best = ""
             log.warning("no validation ran, so there is no best checkpoint (steps: %d)", trainer.global_step)
         if cfg.get("test_after_fit", True):
-            result = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+            result = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             test = result[0] if result else {}
             summary.update({f"test_{k.split('/')[1]}": float(v) for k, v in test.items() if k.startswith("test/")})
         if best and trainer.is_global_zero:
