@@ -122,7 +122,8 @@ def train(cfg: DictConfig, process_start: float | None = None) -> dict[str, Any]
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in summary["params"].items()))
 
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        ckpt_cb = trainer.checkpoint_callback
+        # the monitored checkpoint (best.ckpt), not whichever ModelCheckpoint comes first: last.ckpt has its own
+        ckpt_cb = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
         best = ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else ""
         summary.update(
             steps=trainer.global_step,
